@@ -1,0 +1,191 @@
+"""The ``medssl`` command: a stable contract for clinical researchers (see README.md).
+
+Every verb imports its heavy dependencies lazily, so ``medssl info`` starts without torch or MONAI.
+Bad input is reported as one line on stderr naming the file and the reason, with exit code 2 and no
+traceback; when several inputs are given, the good ones are still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medssl import __version__
+from medssl.errors import MedsslError
+
+__all__ = ["main", "build_parser", "EXIT_BAD_INPUT"]
+
+EXIT_BAD_INPUT = 2
+
+_VERBS = {
+    "info": "print one JSON line per input: modality, shape, spacing or sampling rate, frames, leads",
+    "pretrain": "self-supervised pretraining of a bundle's encoder on unlabelled data",
+    "finetune": "fine-tune a bundle with a fraction of the labels and append a row to its results",
+    "infer": "run a bundle on your own DICOM, NIfTI, WFDB or image files",
+    "demo": "the main job on the samples shipped in the package: pretrain, fine-tune, infer, report",
+    "bundle": "list the bundles, or verify one (metadata schema, shapes, inference on a sample)",
+}
+
+
+def _err(message: str) -> None:
+    """Write one line to stderr (newlines folded, so one error stays one line)."""
+    print(" ".join(str(message).split()), file=sys.stderr, flush=True)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="PATH", help="dataset root or MONAI datalist JSON (default: the bundle's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimisation steps")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``medssl`` command (one sub-command per verb of the contract)."""
+    parser = argparse.ArgumentParser(
+        prog="medssl",
+        description="Self-supervised learning for medical imaging and signals (MONAI + PyTorch).",
+        epilog="Bad input gets one line on stderr naming the file and the reason, and exit code 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"medssl {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("info", help=_VERBS["info"], description=_VERBS["info"])
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM file/folder/DICOMDIR, NIfTI, WFDB .hea, "
+                   "PNG/JPEG/TIFF, twix .dat or .npz k-space")
+
+    p = sub.add_parser("pretrain", help=_VERBS["pretrain"], description=_VERBS["pretrain"])
+    p.add_argument("bundle", metavar="BUNDLE")
+    _add_run_options(p)
+
+    p = sub.add_parser("finetune", help=_VERBS["finetune"], description=_VERBS["finetune"])
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--label-fraction", type=float, required=True, metavar="F")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--init", default="pretrained", help="pretrained, scratch, or an ablation's name")
+    _add_run_options(p)
+
+    p = sub.add_parser("infer", help=_VERBS["infer"], description=_VERBS["infer"])
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--threshold", type=float, help="probability threshold for segmentation bundles")
+    _add_run_options(p)
+
+    p = sub.add_parser("demo", help=_VERBS["demo"], description=_VERBS["demo"])
+    p.add_argument("--out", default="demo_report", metavar="DIR", help="report folder (default: demo_report)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--max-steps", type=int, default=30, metavar="N", help="pretraining steps (default: 30)")
+
+    p = sub.add_parser("bundle", help=_VERBS["bundle"], description=_VERBS["bundle"])
+    bsub = p.add_subparsers(dest="bundle_verb", metavar="ACTION")
+    bsub.add_parser("list", help="list the bundles and where they are")
+    v = bsub.add_parser("verify", help="validate metadata against the MONAI schema, check shapes, run a sample")
+    v.add_argument("bundle", nargs="?", metavar="BUNDLE", help="one bundle (default: all)")
+    return parser
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from medssl.io import load  # no torch, no MONAI
+
+    failed = 0
+    for path in args.paths:
+        try:
+            summary = load(path).summary()
+        except MedsslError as exc:
+            failed += 1
+            _err(str(exc))
+            continue
+        print(json.dumps(summary), flush=True)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def bundles_root() -> Path:
+    """Where bundles live: ``$MEDSSL_BUNDLES``, else ``bundles/`` in the source checkout."""
+    env = os.environ.get("MEDSSL_BUNDLES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "bundles"
+
+
+def available_bundles() -> list[str]:
+    """Names of the bundles that are present (a folder with configs/metadata.json)."""
+    root = bundles_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def _require_bundle(name: str) -> Path:
+    if name not in available_bundles():
+        have = ", ".join(available_bundles()) or "none yet"
+        raise MedsslError(f"{name}: no such bundle in {bundles_root()} (available: {have})")
+    return bundles_root() / name
+
+
+def _not_available(verb: str, bundle: str) -> int:
+    _require_bundle(bundle)
+    raise MedsslError(f"{bundle}: 'medssl {verb}' is not available yet for this bundle")
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    if args.bundle_verb == "list":
+        names = available_bundles()
+        if not names:
+            print(f"no bundles yet in {bundles_root()}")
+        for name in names:
+            print(name)
+        return 0
+    if args.bundle_verb == "verify":
+        names = [args.bundle] if args.bundle else available_bundles()
+        for name in names:
+            _require_bundle(name)
+        if not names:
+            print(f"no bundles yet in {bundles_root()}")
+            return 0
+        raise MedsslError("medssl bundle verify: not available yet (arrives with the first bundle)")
+    _err("medssl bundle: choose an action: list or verify")
+    return EXIT_BAD_INPUT
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from medssl.demo import run_demo
+
+    report = run_demo(Path(args.out), device=args.device, max_steps=args.max_steps)
+    print(f"demo report: {report}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``medssl`` command; returns the exit code (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.verb == "info":
+            return _cmd_info(args)
+        if args.verb == "bundle":
+            return _cmd_bundle(args)
+        if args.verb == "demo":
+            return _cmd_demo(args)
+        return _not_available(args.verb, args.bundle)
+    except MedsslError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _err("medssl: interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback
+        if os.environ.get("MEDSSL_DEBUG"):
+            raise
+        _err(f"medssl {args.verb}: internal error: {type(exc).__name__}: {exc} (set MEDSSL_DEBUG=1 for a traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
