@@ -89,12 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from medssl.io import load  # no torch, no MONAI
+    from medssl.io import info  # no torch, no MONAI; decodes only the first and last frame of a cine
 
     failed = 0
     for path in args.paths:
         try:
-            summary = load(path).summary()
+            summary = info(path)
         except MedsslError as exc:
             failed += 1
             _err(str(exc))

@@ -79,6 +79,7 @@ def short_echo_cine(src: Path, dst: Path, n_frames: int) -> None:
 
 
 def main() -> int:
+    """Copy the curated subset into medssl/samples; exit code 2 when ../shared/data is absent."""
     if not SHARED.is_dir():
         print(f"{SHARED}: not found; the samples are built from ../shared/data", file=sys.stderr)
         return 2
@@ -89,7 +90,8 @@ def main() -> int:
     short_echo_cine(us / "dicom" / "color3d_jpeg_baseline.dcm", OUT / "ultrasound" / "echo_cine_40f.dcm",
                     ECHO_FRAMES)
     for stem in HC18:
-        _copy(us / "hc18_fetal_head_subset" / "images" / f"{stem}.png", OUT / "ultrasound" / "hc18" / "images" / f"{stem}.png")
+        _copy(us / "hc18_fetal_head_subset" / "images" / f"{stem}.png",
+              OUT / "ultrasound" / "hc18" / "images" / f"{stem}.png")
         _copy(us / "hc18_fetal_head_subset" / "masks" / f"{stem}_mask.png",
               OUT / "ultrasound" / "hc18" / "masks" / f"{stem}_mask.png")
     csv_lines = (us / "hc18_fetal_head_subset" / "pixel_size_and_HC.csv").read_text().splitlines()
