@@ -518,3 +518,16 @@ def test_monochrome1_is_inverted(tmp_path):
     rec = load(path)
     # stored 0 is white in MONOCHROME1: after inversion it is the brightest value, 4095 - v
     assert rec.array.tolist() == [[4095, 3995], [0, 4094]]
+
+
+def test_twelve_bit_jpeg_extended_decodes():
+    """Pillow cannot decode 12-bit JPEG: the loader must fall back to pylibjpeg (a vendor file from pydicom)."""
+    from pydicom.data import get_testdata_file
+
+    from medssl.io import load
+
+    path = get_testdata_file("JPGExtended.dcm")
+    if path is None:
+        pytest.skip("pydicom's test file JPGExtended.dcm is not installed")
+    rec = load(path)
+    assert rec.shape == (1024, 256) and rec.array.max() > 255  # 12-bit values survive

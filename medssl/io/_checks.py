@@ -83,9 +83,9 @@ def count_nonfinite(array: np.ndarray) -> int:
     return 0
 
 
-def short_reason(exc: BaseException, limit: int = 160) -> str:
-    """First line of an exception message, shortened, for a one-line error."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def short_reason(exc: BaseException, limit: int = 240) -> str:
+    """An exception message folded onto one line and shortened, for a one-line error."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text

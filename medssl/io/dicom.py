@@ -314,7 +314,8 @@ def _decode(path: Path, ds: Dataset, index: int | None = None) -> tuple[np.ndarr
     pi = str(ds.get("PhotometricInterpretation", ""))
     ts = _ts(ds)
     opts: dict[str, Any] = {}
-    if ts is not None and str(ts) in _PILLOW_FIRST and "pillow" in get_decoder(ts).available_plugins:
+    eight_bit = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8) <= 8  # Pillow has no 12-bit JPEG
+    if ts is not None and str(ts) in _PILLOW_FIRST and eight_bit and "pillow" in get_decoder(ts).available_plugins:
         opts["decoding_plugin"] = "pillow"
     if index is not None:
         opts["index"] = index
