@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=_VERBS["demo"], description=_VERBS["demo"])
     p.add_argument("--out", default="demo_report", metavar="DIR", help="report folder (default: demo_report)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--max-steps", type=int, default=30, metavar="N", help="pretraining steps (default: 30)")
+    p.add_argument("--max-steps", type=int, default=200, metavar="N", help="pretraining steps (default: 200)")
 
     p = sub.add_parser("bundle", help=_VERBS["bundle"], description=_VERBS["bundle"])
     bsub = p.add_subparsers(dest="bundle_verb", metavar="ACTION")
