@@ -297,6 +297,21 @@ def _first_last(losses: list[float], k: int = 5) -> tuple[float, float]:
     return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
 
 
+def _pretrain(method: Any, loader: Any, run_dir: Path, device: str, max_steps: int, lr: float,
+              weight_decay: float) -> list[float]:
+    """Run the shared Trainer (AdamW, warm-up + cosine) and return the loss of every step."""
+    import torch
+
+    from medssl.ssl.trainer import Trainer
+
+    trainer = Trainer(method, loader, lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay),
+                      max_steps=max_steps, output_dir=run_dir, ckpt_every=max_steps, log_every=5,
+                      device=device, seed=0, warmup_steps=max(1, max_steps // 10))
+    history = trainer.fit()
+    trainer.close()
+    return [float(v) for v in history["loss"]]
+
+
 def _stage_jepa_echo(out: Path, device: str, max_steps: int) -> Section:
     """V-JEPA with the 3-D localisation loss on clips of the shipped echo cine (the ultrasound core)."""
     import torch
@@ -307,7 +322,6 @@ def _stage_jepa_echo(out: Path, device: str, max_steps: int) -> Section:
     from medssl.ssl import JEPA
     from medssl.ssl.data import VideoClipDataset
     from medssl.ssl.sampler import make_loader
-    from medssl.ssl.trainer import Trainer
 
     plt = _plt()
     sec = Section("Self-supervised pretraining: V-JEPA on the echo cine")
@@ -322,12 +336,7 @@ def _stage_jepa_echo(out: Path, device: str, max_steps: int) -> Section:
     masks = MultiBlockMask3D(enc.grid_size)
     loader = make_loader(data, batch_size=4, collate_fn=MaskCollator(masks), seed=0)
     run_dir = out / "runs" / "jepa_echo"
-    trainer = Trainer(method, loader, lambda p: torch.optim.AdamW(p, lr=5e-4, weight_decay=0.04),
-                      max_steps=max_steps, output_dir=run_dir, ckpt_every=max_steps, log_every=5,
-                      device=device, seed=0, warmup_steps=max(1, max_steps // 10))
-    history = trainer.fit()
-    trainer.close()
-    losses = [float(v) for v in history["loss"]]
+    losses = _pretrain(method, loader, run_dir, device, max_steps, lr=5e-4, weight_decay=0.04)
     first, last = _first_last(losses)
 
     clip = data[0]["image"][0].numpy()  # [T, H, W]
@@ -370,7 +379,6 @@ def _stage_mae_xca(out: Path, device: str, max_steps: int) -> Section:
     from medssl.ssl import MAE
     from medssl.ssl.data import ImageFolderDataset
     from medssl.ssl.sampler import make_loader
-    from medssl.ssl.trainer import Trainer
 
     plt = _plt()
     sec = Section("Self-supervised pretraining: masked autoencoder on angiograms")
@@ -382,12 +390,7 @@ def _stage_mae_xca(out: Path, device: str, max_steps: int) -> Section:
     method = MAE(enc, dec, norm_pix=True)
     loader = make_loader(data, batch_size=6, collate_fn=MaskCollator(RandomPatchMask(enc.grid_size, 0.75)), seed=0)
     run_dir = out / "runs" / "mae_xca"
-    trainer = Trainer(method, loader, lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.05),
-                      max_steps=max_steps, output_dir=run_dir, ckpt_every=max_steps, log_every=5,
-                      device=device, seed=0, warmup_steps=max(1, max_steps // 10))
-    history = trainer.fit()
-    trainer.close()
-    losses = [float(v) for v in history["loss"]]
+    losses = _pretrain(method, loader, run_dir, device, max_steps, lr=1e-3, weight_decay=0.05)
     first, last = _first_last(losses)
     method.eval()
     batch = next(iter(loader))
