@@ -366,3 +366,11 @@ def test_render_results_table_and_cli(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         render_results_table(results, readme)
+
+
+def test_summary_keeps_the_headline_metric_first():
+    from medssl.eval.results import summarise
+
+    base = {"task": "t", "label_fraction": 1.0, "init": "scratch", "split_file": "s.json", "command": "c"}
+    rows = [{**base, "seed": 0, "metric": "dice", "value": 0.7}, {**base, "seed": 0, "metric": "cldice", "value": 0.8}]
+    assert [s["metric"] for s in summarise(rows)] == ["dice", "cldice"]

@@ -126,11 +126,14 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Returns:
         Rows ``{"task", "label_fraction", "init", "metric", "mean", "std", "n", "seeds"}`` sorted by task,
-        metric, label fraction and init; ``std`` is the sample standard deviation (0 for one seed).
+        metric (in order of first appearance, so each task's headline metric comes first), label fraction and
+        init; ``std`` is the sample standard deviation (0 for one seed).
     """
     groups: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
+    metric_order: dict[tuple[str, str], int] = {}
     for r in rows:
         r = validate_row(r)
+        metric_order.setdefault((r["task"], r["metric"]), len(metric_order))
         key = (r["task"], r["label_fraction"], r["init"], r["metric"])
         groups.setdefault(key, []).append((r["seed"], r["value"]))
     out = []
@@ -151,7 +154,7 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "seeds": sorted(s for s, _ in vals),
             }
         )
-    out.sort(key=lambda s: (s["task"], s["metric"], s["label_fraction"], s["init"]))
+    out.sort(key=lambda s: (s["task"], metric_order[(s["task"], s["metric"])], s["label_fraction"], s["init"]))
     return out
 
 

@@ -65,13 +65,12 @@ SchedulerLike = _LRScheduler | Callable[[torch.optim.Optimizer], _LRScheduler]
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` → this process's CUDA device (``LOCAL_RANK``) when CUDA is available, else CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", get_local_rank() % torch.cuda.device_count())
+    dev = torch.device(device) if device != "auto" else None
+    if dev is None and not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device(device)
+    if dev is None or (dev.type == "cuda" and dev.index is None):  # "cuda" alone: this process's GPU
+        return torch.device("cuda", get_local_rank() % max(1, torch.cuda.device_count()))
+    return dev
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
