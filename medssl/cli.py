@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medssl import __version__
-from medssl.errors import MedsslError
+from medssl.errors import InputError, MedsslError
 
 __all__ = ["main", "build_parser", "EXIT_BAD_INPUT"]
 
@@ -104,34 +104,81 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def bundles_root() -> Path:
-    """Where bundles live: ``$MEDSSL_BUNDLES``, else ``bundles/`` in the source checkout."""
-    env = os.environ.get("MEDSSL_BUNDLES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "bundles"
+    """Where bundles live (see :func:`medssl.bundles.bundles_root`)."""
+    from medssl.bundles import bundles_root as _root
+
+    return _root()
 
 
 def available_bundles() -> list[str]:
-    """Names of the bundles that are present (a folder with configs/metadata.json)."""
-    root = bundles_root()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "configs" / "metadata.json").is_file())
+    """Names of the bundles that are present (see :func:`medssl.bundles.available_bundles`)."""
+    from medssl.bundles import available_bundles as _available
+
+    return _available()
 
 
 def _require_bundle(name: str) -> Path:
-    if name not in available_bundles():
-        have = ", ".join(available_bundles()) or "none yet"
-        raise MedsslError(f"{name}: no such bundle in {bundles_root()} (available: {have})")
-    return bundles_root() / name
+    from medssl.bundles import bundle_dir
+
+    return bundle_dir(name)
 
 
-def _not_available(verb: str, bundle: str) -> int:
-    _require_bundle(bundle)
-    raise MedsslError(f"{bundle}: 'medssl {verb}' is not available yet for this bundle")
+def _run_overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {"device": args.device, "max_steps": args.max_steps, "resume": bool(args.resume)}
+    if args.data is not None:
+        data = Path(args.data)
+        if not data.exists():
+            raise InputError(data, "data path not found")
+        out["data"] = os.fspath(data.resolve())
+    return out
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from medssl.bundles import run_workflow
+
+    _require_bundle(args.bundle)
+    run_workflow(args.bundle, "pretrain", _run_overrides(args))
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from medssl.bundles import run_workflow
+
+    _require_bundle(args.bundle)
+    if not 0.0 < args.label_fraction <= 1.0:
+        raise MedsslError(f"--label-fraction must lie in (0, 1], got {args.label_fraction}")
+    overrides = _run_overrides(args)
+    overrides.update({"label_fraction": args.label_fraction, "seed": args.seed, "init": args.init})
+    for result in run_workflow(args.bundle, "finetune", overrides):
+        if isinstance(result, dict):
+            print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from medssl.bundles import run_workflow
+
+    _require_bundle(args.bundle)
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise MedsslError(f"--threshold must lie in (0, 1), got {args.threshold}")
+    overrides: dict[str, object] = {
+        "inputs": [os.fspath(Path(p).absolute()) for p in args.inputs],
+        "output_dir": os.fspath(Path(args.out).absolute()),
+        "threshold": args.threshold,
+        "device": args.device,
+    }
+    failed = 0
+    for result in run_workflow(args.bundle, "inference", overrides):
+        if isinstance(result, dict) and "outputs" in result:
+            for path, outs in result["outputs"].items():
+                print(json.dumps({"input": path, **{k: os.fspath(v) for k, v in outs.items()}}), flush=True)
+            failed += len(result.get("failed", []))
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
+    from medssl.bundles import verify_bundle
+
     if args.bundle_verb == "list":
         names = available_bundles()
         if not names:
@@ -146,7 +193,19 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         if not names:
             print(f"no bundles yet in {bundles_root()}")
             return 0
-        raise MedsslError("medssl bundle verify: not available yet (arrives with the first bundle)")
+        failed = 0
+        for name in names:
+            try:
+                print(json.dumps(verify_bundle(name)), flush=True)
+            except MedsslError as exc:
+                failed += 1
+                _err(str(exc))
+            except Exception as exc:  # noqa: BLE001 - one bundle's failure must not hide the others' checks
+                if os.environ.get("MEDSSL_DEBUG"):
+                    raise
+                failed += 1
+                _err(f"{name}: verify failed: {type(exc).__name__}: {exc}")
+        return EXIT_BAD_INPUT if failed else 0
     _err("medssl bundle: choose an action: list or verify")
     return EXIT_BAD_INPUT
 
@@ -173,7 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bundle(args)
         if args.verb == "demo":
             return _cmd_demo(args)
-        return _not_available(args.verb, args.bundle)
+        if args.verb == "pretrain":
+            return _cmd_pretrain(args)
+        if args.verb == "finetune":
+            return _cmd_finetune(args)
+        if args.verb == "infer":
+            return _cmd_infer(args)
+        raise MedsslError(f"medssl: unknown verb {args.verb!r}")
     except MedsslError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

@@ -1,0 +1,138 @@
+"""medssl.infer: outputs the size of the input, DICOM SEG that reads back, sliding window, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medssl import samples
+from medssl.infer import SegmentationInference, load_frames, output_stem, sliding_window_probabilities
+from medssl.io import load
+from medssl.networks import CMUNet
+
+
+def make_xa(path, frames: np.ndarray, frame_of_reference: bool = False):
+    """A multi-frame X-ray angiography DICOM (8-bit, MONOCHROME2) from grey frames [T, H, W]."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XRayAngiographicImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = XRayAngiographicImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    if frame_of_reference:
+        ds.FrameOfReferenceUID = generate_uid()
+    ds.Modality = "XA"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Angio", "X1", "", ""
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyID = "", "", "", "", "1"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames = frames.shape[0]
+    ds.FrameIncrementPointer = 0x00181063
+    ds.FrameTime = 66.7
+    ds.PixelData = frames.astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return CMUNet(channels=(8, 16, 32))
+
+
+def test_sliding_window_covers_images_larger_and_smaller_than_the_roi(net):
+    big = np.random.default_rng(0).random((1, 100, 70)).astype(np.float32)
+    small = big[:, :20, :24]
+    assert sliding_window_probabilities(net, big, (32, 32)).shape == (1, 100, 70)
+    p = sliding_window_probabilities(net, small, (32, 32))
+    assert p.shape == (1, 20, 24) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_outputs_match_the_input_size_and_dicom_seg_reads_back(net, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    png, _ = samples.xca_pairs("test")[0]
+    grey = load(png).array
+    xa = make_xa(tmp_path / "run.dcm", np.stack([grey, np.roll(grey, 5, 1), np.roll(grey, 9, 0)]))
+    xa1 = make_xa(tmp_path / "single.dcm", grey[None, :64, :80])
+    ct = samples.ct_small()  # has a Frame of Reference: goes through medssl.io.write_dicom_seg
+    nii = samples.nifti_anatomical()
+    out = tmp_path / "out"
+    summary = SegmentationInference(net, [png, xa, xa1, ct, nii], out, roi_size=(64, 64), device="cpu").run()
+    assert summary["failed"] == [] and summary["threshold"] == 0.5
+
+    seg = load(out / f"{png.stem}_seg.png").array
+    assert seg.shape == grey.shape and set(np.unique(seg)) <= {0, 255}
+    assert (out / f"{png.stem}_overlay.png").is_file()
+
+    for src, frames in ((xa, 3), (xa1, 1), (ct, 1)):
+        stem = output_stem(src)
+        dcm = hd.seg.segread(out / f"{stem}_seg.dcm")
+        assert dcm.number_of_frames == frames
+        src_shape = load(src).array.shape
+        assert (dcm.Rows, dcm.Columns) == src_shape[-2:]
+        refs = [f.DerivationImageSequence[0].SourceImageSequence[0] for f in dcm.PerFrameFunctionalGroupsSequence]
+        assert {r.ReferencedSOPInstanceUID for r in refs} == {load_sop(src)}
+        if frames > 1:
+            assert [int(r.ReferencedFrameNumber) for r in refs] == [1, 2, 3]
+            assert str(refs[0].ReferencedSOPClassUID) == "1.2.840.10008.5.1.4.1.1.12.1"  # XA, not the stand-in
+        nifti = load(out / f"{stem}_seg.nii.gz")
+        assert nifti.array.shape[:2] == (src_shape[-1], src_shape[-2])
+        assert (out / f"{stem}_overlay.png").is_file()
+    run_mask = hd.seg.segread(out / "run_seg.dcm").pixel_array
+    nifti_mask = np.transpose(load(out / "run_seg.nii.gz").array, (2, 1, 0))
+    np.testing.assert_array_equal(run_mask > 0, nifti_mask > 0)  # the SEG frames hold the predicted masks
+
+    seg_nii = load(out / "anatomical_seg.nii.gz")
+    src = load(nii)
+    assert seg_nii.array.shape == src.array.shape
+    np.testing.assert_allclose(seg_nii.meta.affine, src.meta.affine, atol=1e-5)
+
+
+def load_sop(path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_bad_inputs_are_one_line_each_and_good_ones_still_run(net, tmp_path):
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    ecg = samples.cinc_records()[0]  # a signal, not an image
+    png, _ = samples.xca_pairs("train")[0]
+    lines: list[str] = []
+    summary = SegmentationInference(net, [empty, ecg, png], tmp_path / "o", roi_size=(64, 64), device="cpu",
+                                    report=lines.append).run()
+    assert len(summary["failed"]) == 2 and lines == summary["failed"]
+    assert str(empty) in lines[0] and str(ecg) in lines[1]
+    assert all("\n" not in line for line in lines)
+    assert list(summary["outputs"]) == [str(png)]
+
+
+def test_threshold_and_checkpoint_errors(net, tmp_path):
+    with pytest.raises(ValueError):
+        SegmentationInference(net, ["x.png"], tmp_path, threshold=1.5)
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not torch")
+    from medssl.errors import InputError
+
+    with pytest.raises(InputError, match="model.pt"):
+        SegmentationInference(net, ["x.png"], tmp_path, checkpoint=bad).load_weights()
+    info = tmp_path / "model.json"
+    info.write_text('{"threshold": 0.3}')
+    assert SegmentationInference(net, ["x.png"], tmp_path, model_info=info).resolved_threshold() == 0.3
+    assert SegmentationInference(net, ["x.png"], tmp_path, model_info=info, threshold=0.7).resolved_threshold() == 0.7
+
+
+def test_load_frames_layouts():
+    assert load_frames(samples.echo_cine()).frames.shape == (40, 480, 640)  # RGB cine -> grey frames
+    assert load_frames(samples.nifti_anatomical()).frames.shape == (25, 41, 33)  # (z, y, x)
