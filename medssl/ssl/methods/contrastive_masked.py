@@ -57,8 +57,10 @@ class ContrastiveMasked(SSLMethod):
     """Masked reconstruction + InfoNCE(online predictor, EMA target projector).
 
     The online encoder sees the masked image (masked patches set to 0); the EMA target encoder sees the full
-    image. Generic over any encoder: ``projector`` must map the encoder output to ``[B, D]`` (pool inside it
-    if needed) and ``decoder`` (optional) the encoder output back to the image shape.
+    image, or ``batch[target_key]`` when the batch carries a separate target view (CM-UNet, arXiv 2507.17779:
+    a shifted, noisier copy made in the data loader). Generic over any encoder: ``projector`` must map the
+    encoder output to ``[B, D]`` (pool inside it if needed) and ``decoder`` (optional) the encoder output back
+    to the image shape.
 
     Args:
         encoder: online encoder, ``encoder(x) -> features`` (any type the projector/decoder accept).
@@ -73,6 +75,10 @@ class ContrastiveMasked(SSLMethod):
         symmetric: symmetric InfoNCE.
         ema_momentum: ``(start, end)`` momentum schedule.
         ema_schedule: ``"linear"`` or ``"cosine"``.
+        target_key: batch key of the optional target view (same shape as ``image``).
+
+    With ``contrastive_weight=0`` the contrastive branch is skipped (reconstruction only: the "MAE-only"
+    ablation with the same network).
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class ContrastiveMasked(SSLMethod):
         symmetric: bool = True,
         ema_momentum: tuple[float, float] = (0.996, 1.0),
         ema_schedule: str = "cosine",
+        target_key: str = "target_image",
     ) -> None:
         super().__init__(ema_momentum, ema_schedule)
         if decoder is None and recon_weight > 0:
@@ -103,6 +110,8 @@ class ContrastiveMasked(SSLMethod):
         self.recon_weight = recon_weight
         self.contrastive_weight = contrastive_weight
         self.symmetric = symmetric
+        self.target_key = target_key
+        self.find_unused_parameters = contrastive_weight == 0  # DDP: projector/predictor then get no grads
         self.register_ema("encoder", "target_encoder")
         self.register_ema("projector", "target_projector")
 
@@ -115,18 +124,24 @@ class ContrastiveMasked(SSLMethod):
         if mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
             raise ValueError(f"mask {tuple(mask.shape)} does not match image {tuple(x.shape)}.")
         feats = self.encoder(x * (1.0 - mask))
-        q = self.predictor(self.projector(feats))
-        with torch.no_grad():
-            k = self.target_projector(self.target_encoder(x))
-        loss_nce = info_nce(q, k.detach(), self.temperature, self.symmetric)
-        loss = self.contrastive_weight * loss_nce
-        out: dict[str, torch.Tensor] = {"loss_nce": loss_nce.detach()}
+        loss = x.new_zeros(())
+        out: dict[str, torch.Tensor] = {}
+        if self.contrastive_weight > 0:
+            x_t = batch.get(self.target_key, x)
+            if x_t.shape != x.shape:
+                raise ValueError(f"{self.target_key} {tuple(x_t.shape)} must match image {tuple(x.shape)}.")
+            q = self.predictor(self.projector(feats))
+            with torch.no_grad():
+                k = self.target_projector(self.target_encoder(x_t))
+            loss_nce = info_nce(q.float(), k.detach().float(), self.temperature, self.symmetric)
+            loss = loss + self.contrastive_weight * loss_nce
+            out["loss_nce"] = loss_nce.detach()
         if self.decoder is not None and self.recon_weight > 0:
             recon = self.decoder(feats)
             if recon.shape != x.shape:
                 raise ValueError(f"decoder output {tuple(recon.shape)} must match image {tuple(x.shape)}.")
             m = mask.expand_as(x)
-            loss_rec = (F.mse_loss(recon, x, reduction="none") * m).sum() / m.sum().clamp_min(1.0)
+            loss_rec = (F.mse_loss(recon.float(), x.float(), reduction="none") * m).sum() / m.sum().clamp_min(1.0)
             loss = loss + self.recon_weight * loss_rec
             out["loss_rec"] = loss_rec.detach()
         out["loss"] = loss

@@ -1,0 +1,1 @@
+"""Thin module of the xca_cmunet_segmentation bundle (importable as scripts.xca when the bundle root is on sys.path)."""

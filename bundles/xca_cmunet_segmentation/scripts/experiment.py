@@ -1,0 +1,218 @@
+"""The whole low-label study of the xca_cmunet_segmentation bundle, in one command.
+
+1. Pretrain the U-Net encoder twice on the 40 training angiograms without their masks: CM-UNet
+   (reconstruction + InfoNCE) and MAE-only (reconstruction only, same network and schedule). Each is
+   pretrained ONCE (seed 0) and shared by every fine-tuning seed: the seeds measure the spread of the
+   label draw and the fine-tuning, not of pretraining.
+2. Fine-tune random-init / MAE-only / CM-UNet with N = 1, 2, 4, 10, 20, 40 labelled images x seeds 0, 1, 2,
+   all with the same recipe (scripts/xca.py: bias at the vessel prior, validation threshold and model
+   selection for N >= 4, threshold 0.5 for N < 4), test on all 40 test images (Dice, clDice).
+3. Append every row to docs/results.json (full real data only), render the table in docs/README.md, and save
+   the CM-UNet encoder and the 40-label CM-UNet model (seed 0) to models/ (state dicts, atomic).
+
+Examples::
+
+    # the real run (one H100, ~8 minutes):
+    python bundles/xca_cmunet_segmentation/scripts/experiment.py --device cuda --parallel 6 --budget-minutes 8
+    # a smoke test on CPU (a couple of minutes; writes only under --out):
+    python bundles/xca_cmunet_segmentation/scripts/experiment.py --quick --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+BUNDLE = Path(__file__).resolve().parents[1]
+if os.fspath(BUNDLE) not in sys.path:
+    sys.path.insert(0, os.fspath(BUNDLE))
+
+from scripts import xca  # noqa: E402
+
+INITS = ("scratch", "mae", "cmunet")
+MODELS_LIMIT = 25 * 1024 * 1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="data root (default: ../shared/data/xca/fercer_coronary_xca80)")
+    p.add_argument("--out", default="runs/xca_experiment", help="run folder (default: runs/xca_experiment)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    p.add_argument("--parallel", "--workers", dest="parallel", type=int, default=1,
+                   help="fine-tunes run concurrently as processes (e.g. 6 on one GPU with 16 CPU cores)")
+    p.add_argument("--budget-minutes", type=float, default=0.0,
+                   help="stop starting new runs after this many minutes (0: no limit); missing runs are listed")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a CPU smoke test (not results)")
+    p.add_argument("--labels", type=int, nargs="+", default=None, help="label counts (default 1 2 4 10 20 40)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default 0 1 2)")
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    return p.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps, batch sizes and grid for the full run or ``--quick``."""
+    if args.quick:
+        s = {"labels": [1, 4], "seeds": [0], "pretrain_steps": 10, "pretrain_batch": 4, "finetune_steps": 20,
+             "finetune_batch": 4, "crop": 128, "eval_every": 10, "test_limit": 6}
+    else:
+        s = {"labels": [1, 2, 4, 10, 20, 40], "seeds": [0, 1, 2], "pretrain_steps": 1500, "pretrain_batch": 16,
+             "finetune_steps": 1200, "finetune_batch": 8, "crop": 256, "eval_every": 200, "test_limit": None}
+    if args.labels:
+        s["labels"] = args.labels
+    if args.seeds:
+        s["seeds"] = args.seeds
+    if args.pretrain_steps:
+        s["pretrain_steps"] = args.pretrain_steps
+    if args.finetune_steps:
+        s["finetune_steps"] = args.finetune_steps
+    return s
+
+
+def _threads(parallel: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(parallel, 1))
+
+
+def run_jobs(jobs: list[dict[str, Any]], parallel: int, deadline: float | None) -> tuple[list[dict], list[dict]]:
+    """Run jobs (in order) on ``parallel`` worker processes; jobs not started by ``deadline`` are skipped."""
+    done: list[dict] = []
+    skipped: list[dict] = []
+    if parallel <= 1:
+        for job in jobs:
+            if deadline is not None and time.time() > deadline:
+                skipped.append(job)
+                continue
+            done.append(xca.run_job(job))
+            _log(done[-1])
+        return done, skipped
+    pending = list(jobs)
+    running: dict[Future, dict] = {}
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                if deadline is not None and time.time() > deadline:
+                    skipped.append(job)
+                    continue
+                running[pool.submit(xca.run_job, job)] = job
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                running.pop(fut)
+                done.append(fut.result())
+                _log(done[-1])
+    return done, skipped
+
+
+def _log(out: dict[str, Any]) -> None:
+    if out["kind"] == "pretrain":
+        print(json.dumps({"pretrained": out["name"], "seconds": out["seconds"]}), flush=True)
+    else:
+        r = out["result"]
+        print(json.dumps({"init": out["init"], "n_labels": r["n_labels"], "seed": out["seed"],
+                          "dice": round(r["dice"], 4), "cldice": round(r["cldice"], 4),
+                          "threshold": round(r["threshold"], 3), "best_step": r["best_step"],
+                          "seconds": r["seconds"]}), flush=True)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study; returns 0 when every run finished, 1 when the budget cut some off."""
+    args = parse_args(argv)
+    t0 = time.time()
+    deadline = t0 + 60 * args.budget_minutes if args.budget_minutes > 0 else None
+    s = settings(args)
+    data = args.data or xca.default_data(BUNDLE)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    full = xca.is_full_dataset(data) and not args.quick
+    results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
+    command = "python bundles/xca_cmunet_segmentation/scripts/experiment.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    threads = 1 if args.quick else _threads(args.parallel)  # --quick shares a small CPU politely
+    print(json.dumps({"data": os.fspath(data), "out": os.fspath(out), "full": full, "settings": s}), flush=True)
+    if not full and not args.quick:
+        print(f"note: {data} is not the full 40 + 40 dataset: rows go to {results_json}; models/ is left alone",
+              file=sys.stderr, flush=True)
+
+    pre = [
+        {"kind": "pretrain", "name": name, "threads": 1 if args.quick else _threads(min(args.parallel, 2)),
+         "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
+                    "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": s["crop"],
+                    "device": args.device, "seed": 0}}
+        for name in ("cmunet", "mae")
+    ]
+    pre_done, pre_skipped = run_jobs(pre, min(args.parallel, 2), deadline)
+    encoders = {p["name"]: p["encoder"] for p in pre_done}
+
+    jobs = []
+    for seed in s["seeds"]:
+        for n in s["labels"]:
+            for init in INITS:
+                if init != "scratch" and init not in encoders:
+                    continue
+                run_dir = out / "finetune" / f"{init}_n{n}_s{seed}"
+                keep = init == "cmunet" and n == max(s["labels"]) and seed == 0
+                save = out / "models" / "model.pt" if keep else None
+                jobs.append({
+                    "kind": "finetune", "init": init, "seed": seed, "threads": threads,
+                    "kwargs": {"data": data, "output_dir": os.fspath(run_dir), "n_labels": n, "seed": seed,
+                               "encoder": encoders.get(init), "max_steps": s["finetune_steps"],
+                               "batch_size": s["finetune_batch"], "crop": s["crop"], "eval_every": s["eval_every"],
+                               "device": args.device, "test_limit": s["test_limit"],
+                               "save_model": None if save is None else os.fspath(save)},
+                })
+    done, skipped = run_jobs(jobs, args.parallel, deadline)
+    pool = len(xca.image_pairs(data, "train"))
+    for d in done:
+        result = xca.publish_split(d["result"], BUNDLE) if full else d["result"]
+        for row in xca.result_rows(result, d["init"], d["seed"], pool, command):
+            xca.append_result(results_json, row)
+
+    models_written = []
+    if full and not args.no_models and "cmunet" in encoders and (out / "models" / "model.pt").is_file():
+        size = Path(encoders["cmunet"]).stat().st_size + (out / "models" / "model.pt").stat().st_size
+        if size > MODELS_LIMIT:
+            print(f"models: {size / 2**20:.1f} MB exceeds 25 MB; not copied", file=sys.stderr)
+        else:
+            for src, name in ((Path(encoders["cmunet"]), "pretrained_encoder.pt"),
+                              (out / "models" / "model.pt", "model.pt"), (out / "models" / "model.json", "model.json")):
+                _copy_atomic(src, BUNDLE / "models" / name)
+                models_written.append(os.fspath(BUNDLE / "models" / name))
+    if full:
+        from medssl.eval.results import render_results_table
+
+        render_results_table(results_json, BUNDLE / "docs" / "README.md")
+
+    from medssl.eval.results import load_results, summarise
+
+    for r in summarise(load_results(results_json)):
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+    missing = [f"{j.get('init', j.get('name'))}/{j['kwargs'].get('n_labels', '-')}/{j.get('seed', 0)}"
+               for j in pre_skipped + skipped]
+    print(json.dumps({"minutes": round((time.time() - t0) / 60, 2), "runs": len(done), "skipped": missing,
+                      "results_json": os.fspath(results_json), "models": models_written}), flush=True)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
