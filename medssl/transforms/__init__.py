@@ -1,5 +1,16 @@
 """MONAI-style transforms for video clips, 1-D signals and MR artefacts (array ``Foo``, dict ``Food``)."""
 
+from .ecg import (
+    STANDARD_LEADS,
+    ECGPrepConfig,
+    ReorderLeads,
+    ReorderLeadsd,
+    UnusableRecordError,
+    canonical_lead_name,
+    check_usable,
+    prepare_ecg,
+    standard_lead_order,
+)
 from .intensity import Ghosting, Motion, RandGhosting, RandGhostingd, RandMotion, RandMotiond
 from .signal import (
     BandPass,
@@ -30,8 +41,10 @@ from .video import (
 
 __all__ = [
     "LUMA_WEIGHTS",
+    "STANDARD_LEADS",
     "BandPass",
     "BandPassd",
+    "ECGPrepConfig",
     "Ghosting",
     "Motion",
     "NormalizeClip",
@@ -44,6 +57,8 @@ __all__ = [
     "RandSampleClipd",
     "RandWindow",
     "RandWindowd",
+    "ReorderLeads",
+    "ReorderLeadsd",
     "Resample",
     "Resampled",
     "ResizeClip",
@@ -54,7 +69,12 @@ __all__ = [
     "StandardizeLeadsd",
     "ToGreyscale",
     "ToGreyscaled",
+    "UnusableRecordError",
     "Window",
     "Windowd",
+    "canonical_lead_name",
+    "check_usable",
     "clip_indices",
+    "prepare_ecg",
+    "standard_lead_order",
 ]

@@ -1,0 +1,808 @@
+"""ECG MAE bundle: data, models and the pretrain / fine-tune workflows on the shared medssl core.
+
+Recipe (see docs/README.md): 12 standard leads, 250 Hz, 0.67-40 Hz band-pass, per-lead standardisation,
+9 s windows (2250 samples = 30 patches of 75 samples; 10 s = 2500 is not a multiple of 75), lead-wise
+patches with lead embeddings (ST-MEM, ICLR 2024), mask ratio 0.75, MAE with time + frequency + coarse
+targets (Xu et al., arXiv 2506.22495; medssl.losses.spectral).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from medssl.eval.delineation import WAVE_CLASSES, Wave, ludb_waves, waves_from_labels, waves_to_labels
+from medssl.io import load
+from medssl.transforms.ecg import STANDARD_LEADS, ECGPrepConfig, UnusableRecordError, prepare_ecg, warn_skipped
+
+__all__ = [
+    "FS",
+    "WINDOW",
+    "PATCH",
+    "DIAGNOSES",
+    "ECGItem",
+    "WindowDataset",
+    "LudbDataset",
+    "build_encoder",
+    "build_classifier",
+    "build_delineation",
+    "default_data_root",
+    "load_ecg",
+    "load_ecgs",
+    "ludb_items",
+    "pretrain_paths",
+    "pretrain",
+    "delineation_loss",
+    "sliding_logits",
+    "delineate",
+    "save_models",
+    "load_models",
+]
+
+FS = 250.0
+WINDOW = 2250  # 9 s at 250 Hz
+PATCH = 75
+PREP = ECGPrepConfig(fs=FS, low=0.67, high=40.0)
+# LUDB diagnoses with enough positives among records 1-160 (positives: 111, 61, ~95 of 160).
+DIAGNOSES: tuple[str, ...] = ("sinus_rhythm", "left_axis_deviation", "left_ventricular_hypertrophy")
+ENCODER_ARGS: dict[str, Any] = {"hidden_size": 192, "depth": 4, "num_heads": 3}
+LUDB_TEST_IDS = tuple(str(i) for i in range(121, 161))  # fixed test split: the last 40 records
+
+
+def default_data_root() -> Path | None:
+    """``../shared/data/ecg`` beside the checkout when present (``MEDSSL_DATA`` overrides), else None."""
+    env = os.environ.get("MEDSSL_DATA")
+    cands = [Path(env) / "ecg", Path(env)] if env else []
+    here = Path(__file__).resolve()
+    cands += [p / "shared" / "data" / "ecg" for p in here.parents[:6]]
+    for c in cands:
+        if (c / "ludb" / "data").is_dir() or (c / "cinc2021_12lead").is_dir():
+            return c
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class ECGItem:
+    """One usable record, prepared (``x`` float32 ``[12, L]`` at 250 Hz)."""
+
+    name: str
+    x: np.ndarray
+    fs_orig: float
+    length_orig: int
+
+
+def load_ecg(path: str | os.PathLike[str], csv_fs: float | None = None) -> ECGItem:
+    """Read a WFDB / DICOM ECG / CSV / .npy record and prepare it (:func:`medssl.transforms.ecg.prepare_ecg`).
+
+    CSV: a header row of lead names, one row per sample (a first column named ``time`` is ignored); NumPy
+    ``.npy``: ``[12, L]`` in the standard lead order. Both need ``csv_fs`` (Hz).
+
+    Raises:
+        medssl.errors.InputError: unreadable file; UnusableRecordError: unusable leads (names the record).
+    """
+    p = Path(path)
+    name = p.stem
+    if p.suffix.lower() in (".csv", ".npy"):
+        if not csv_fs:
+            raise UnusableRecordError(f"{name}: CSV/NumPy input needs a sampling rate (csv_fs)")
+        if p.suffix.lower() == ".npy":
+            arr = np.load(p, allow_pickle=False).astype(np.float64)
+            leads: Sequence[str] = STANDARD_LEADS[: arr.shape[0]]
+        else:
+            with open(p, newline="") as fh:
+                rows = list(csv.reader(fh))
+            if len(rows) < 2:
+                raise UnusableRecordError(f"{name}: CSV has no samples")
+            head = [h.strip() for h in rows[0]]
+            keep = [i for i, h in enumerate(head) if h.lower() != "time"]
+            leads = [head[i] for i in keep]
+            arr = np.array([[float(r[i]) for i in keep] for r in rows[1:]], dtype=np.float64).T
+        return ECGItem(name, prepare_ecg(arr, leads, float(csv_fs), PREP, name=name), float(csv_fs), arr.shape[1])
+    rec = load(p)
+    fs = float(rec.meta.sampling_rate or 0)
+    x = prepare_ecg(rec.array, rec.meta.lead_names or (), fs, PREP, units=rec.meta.units, name=name)
+    return ECGItem(name, x, fs, int(rec.array.shape[-1]))
+
+
+def load_ecgs(paths: Sequence[str | os.PathLike[str]]) -> list[ECGItem]:
+    """Load every path; unusable or unreadable ones are skipped with a warning that names them."""
+    from medssl.errors import InputError
+
+    out = []
+    for p in paths:
+        try:
+            out.append(load_ecg(p))
+        except (UnusableRecordError, InputError) as exc:
+            warn_skipped(exc)
+    return out
+
+
+def pretrain_paths(data_root: str | os.PathLike[str], exclude_ludb: Sequence[str] = LUDB_TEST_IDS) -> list[Path]:
+    """Unlabelled pretraining records: LUDB (minus ``exclude_ludb``), CinC 2021, PTB and MIT-BIH headers.
+
+    MIT-BIH has 2 leads and is skipped (with a warning) by :func:`load_ecgs`; it is listed so the skip is
+    visible. ``data_root`` may also be a folder of records (all ``.hea``/``.dcm`` under it are used).
+    """
+    root = Path(data_root)
+    excl = set(exclude_ludb)
+    out: list[Path] = []
+    if (root / "ludb" / "data").is_dir():
+        out += sorted(
+            (p for p in (root / "ludb" / "data").glob("*.hea") if p.stem not in excl), key=lambda p: int(p.stem)
+        )
+        for sub in ("cinc2021_12lead", "ptbdb_s0010_re", "mitbih_arrhythmia_100"):
+            out += sorted((root / sub).glob("*.hea"))
+        return out
+    return sorted([*root.rglob("*.hea"), *root.rglob("*.dcm")])
+
+
+class WindowDataset(Dataset):
+    """Random 9 s crops of prepared records, ``windows_per_record`` items per record per epoch."""
+
+    def __init__(self, items: Sequence[ECGItem], windows_per_record: int = 1, length: int = WINDOW) -> None:
+        if not items:
+            raise ValueError("no usable ECG records for pretraining.")
+        self.items = list(items)
+        self.k = int(windows_per_record)
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.items) * self.k
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.items[i % len(self.items)].x
+        return {"image": torch.from_numpy(_random_crop(x, self.length)[0])}
+
+
+def _random_crop(x: np.ndarray, length: int, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    n = x.shape[-1]
+    if n < length:
+        pad = length - n
+        return (np.pad(x, ((0, 0), (0, pad))), *(np.pad(o, ((0, 0), (0, pad)), constant_values=-100) for o in others))
+    s = int(torch.randint(0, n - length + 1, (1,)).item())
+    return (np.ascontiguousarray(x[:, s : s + length]), *(np.ascontiguousarray(o[:, s : s + length]) for o in others))
+
+
+# ----------------------------------------------------------------------------------------------- LUDB
+@dataclass
+class LudbRecord:
+    """A LUDB record prepared at 250 Hz, with per-lead labels, marks (500 Hz) and diagnoses."""
+
+    name: str
+    x: np.ndarray  # [12, 2500]
+    labels: np.ndarray  # [12, 2500] class per sample, -100 outside the marked span
+    waves: list[list[Wave]]  # per lead, at the record's 500 Hz
+    diagnosis: np.ndarray  # [len(DIAGNOSES)] 0/1
+
+
+def _ludb_diagnoses(csv_path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            rhythm = row["Rhythms"].strip().lower()
+            axis = row["Electric axis of the heart"].strip().lower()
+            hyp = row["Hypertrophies"].strip().lower()
+            out[row["ID"].strip()] = np.array(
+                [rhythm == "sinus rhythm", "left axis deviation" in axis, "left ventricular hypertrophy" in hyp],
+                dtype=np.float32,
+            )
+    return out
+
+
+def ludb_items(data_root: str | os.PathLike[str], ids: Sequence[str] | None = None) -> list[LudbRecord]:
+    """Prepared LUDB records (default all in ``ludb/data``), labels resampled to 250 Hz."""
+    root = Path(data_root) / "ludb"
+    diag = _ludb_diagnoses(root / "ludb.csv")
+    names = ids if ids is not None else sorted((p.stem for p in (root / "data").glob("*.hea")), key=int)
+    out = []
+    for name in names:
+        rec = load(root / "data" / f"{name}.hea")
+        fs = float(rec.meta.sampling_rate)
+        x = prepare_ecg(rec.array, rec.meta.lead_names, fs, PREP, units=rec.meta.units, name=name)
+        ratio = FS / fs
+        waves, labels = [], np.full(x.shape, -100, dtype=np.int64)
+        for li, lead in enumerate(rec.meta.lead_names):
+            ann = rec.meta.annotations.get(lead.lower())
+            w = ludb_waves(ann.sample, ann.symbol) if ann is not None else []
+            waves.append(w)
+            if not w:
+                continue
+            w250 = [Wave(v.wave, round(v.onset * ratio), round(v.peak * ratio), round(v.offset * ratio)) for v in w]
+            lab = waves_to_labels(w250, x.shape[1])
+            lo, hi = w250[0].onset, w250[-1].offset
+            labels[li, lo : hi + 1] = lab[lo : hi + 1]
+        out.append(LudbRecord(name, x, labels, waves, diag[name]))
+    return out
+
+
+class LudbDataset(Dataset):
+    """9 s crops of LUDB records: ``{"image": [12, L], "label": ...}``.
+
+    Args:
+        records: prepared records.
+        target: ``"waves"`` (per-lead, per-sample classes ``[12, L]``) or ``"diagnosis"`` (``[C]`` 0/1).
+        repeats: items per record per epoch.
+        random_crop: a random 9 s crop (training) or the first 9 s (evaluation).
+    """
+
+    def __init__(
+        self, records: Sequence[LudbRecord], target: str = "waves", repeats: int = 1, random_crop: bool = True
+    ) -> None:
+        if target not in ("waves", "diagnosis"):
+            raise ValueError(f"target must be 'waves' or 'diagnosis', got {target!r}")
+        self.records, self.target, self.repeats, self.random_crop = list(records), target, int(repeats), random_crop
+
+    def __len__(self) -> int:
+        return len(self.records) * self.repeats
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r = self.records[i % len(self.records)]
+        if self.random_crop:
+            x, lab = _random_crop(r.x, WINDOW, r.labels)
+        else:
+            x, lab = r.x[:, :WINDOW], r.labels[:, :WINDOW]
+        y = lab if self.target == "waves" else r.diagnosis
+        return {"image": torch.from_numpy(np.ascontiguousarray(x)), "label": torch.from_numpy(np.ascontiguousarray(y))}
+
+
+# ----------------------------------------------------------------------------------------------- models
+def build_encoder(**overrides: Any) -> nn.Module:
+    """The lead-wise 1-D ViT: 12 leads x 30 patches of 75 samples (``vit_tiny`` width, depth 4)."""
+    from medssl.networks import create_encoder
+
+    args = {**ENCODER_ARGS, **overrides}
+    return create_encoder(
+        "vit_tiny", spatial_dims=1, in_channels=12, img_size=WINDOW, patch_size=PATCH, channel_tokens=True, **args
+    )
+
+
+class Classifier(nn.Module):
+    """Encoder + mean-pooled linear head (multi-label logits)."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int = len(DIAGNOSES)) -> None:
+        super().__init__()
+        from medssl.networks import LinearHead
+
+        self.encoder = encoder
+        self.head = LinearHead(encoder.hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 12, L]`` -> ``[B, num_classes]``."""
+        return self.head(self.encoder(x))
+
+
+def build_classifier(encoder: nn.Module | None = None) -> Classifier:
+    """A :class:`Classifier` on a new (or the given) encoder."""
+    return Classifier(encoder if encoder is not None else build_encoder())
+
+
+def build_delineation(encoder: nn.Module | None = None) -> nn.Module:
+    """:class:`medssl.networks.DelineationNet` (none/P/QRS/T per lead and sample)."""
+    from medssl.networks import DelineationNet
+
+    return DelineationNet(encoder if encoder is not None else build_encoder(), num_classes=len(WAVE_CLASSES))
+
+
+def delineation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per lead and sample; labels ``-100`` (outside LUDB's marked span) are ignored."""
+    return F.cross_entropy(logits.transpose(1, 2), labels.long(), ignore_index=-100)
+
+
+# ----------------------------------------------------------------------------------------------- pretraining
+def pretrain(
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    output_dir: str | os.PathLike[str],
+    max_steps: int = 2000,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    mask_ratio: float = 0.75,
+    freq_weight: float = 0.5,
+    coarse_weight: float = 0.5,
+    coarse_factor: int = 5,
+    windows_per_record: int = 8,
+    device: str = "auto",
+    resume: bool = False,
+    seed: int = 0,
+    exclude_ludb: Sequence[str] = LUDB_TEST_IDS,
+    progress: bool = False,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Self-supervised MAE pretraining (time + frequency + coarse targets) on unlabelled ECGs.
+
+    Writes ``output_dir/checkpoints/last.pt`` (the trainer's) and ``output_dir/encoder.pt`` (the encoder's
+    state dict). Returns the trainer history plus ``"checkpoint"`` and ``"encoder"`` paths.
+    """
+    from medssl.losses.spectral import TimeFrequencyTargets
+    from medssl.masking import MaskCollator, RandomPatchMask
+    from medssl.networks import MAEDecoder
+    from medssl.ssl import MAE, Trainer
+    from medssl.ssl.sampler import make_loader
+
+    if data is None:
+        data = default_data_root() or sample_dir()
+    paths = pretrain_paths(data, exclude_ludb) if isinstance(data, str | os.PathLike) else [Path(p) for p in data]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        items = load_ecgs(paths)
+    ds = WindowDataset(items, windows_per_record)
+    encoder = build_encoder()
+    decoder = MAEDecoder(
+        encoder.num_patches,
+        encoder.hidden_size,
+        encoder.patch_dim,
+        decoder_dim=128,
+        depth=2,
+        num_heads=4,
+        grid_size=encoder.grid_size,
+    )
+    method = MAE(
+        encoder,
+        decoder,
+        norm_pix=True,
+        extra_targets=TimeFrequencyTargets(freq_weight, coarse_weight, coarse_factor, norm_pix=True),
+    )
+    collate = MaskCollator(RandomPatchMask(encoder.grid_size, mask_ratio))
+    loader = make_loader(ds, min(batch_size, len(ds)), collate, seed=seed, num_workers=num_workers)
+    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
+    trainer = Trainer(
+        method,
+        loader,
+        opt,
+        max_steps=max_steps,
+        output_dir=output_dir,
+        ckpt_every=max(100, max_steps // 5),
+        log_every=10,
+        device=device,
+        grad_clip=1.0,
+        seed=seed,
+        progress=progress,
+    )
+    history = trainer.fit(resume=resume)
+    trainer.close()
+    out = Path(output_dir)
+    from medssl.ssl.checkpoint import atomic_write
+
+    enc_path = out / "encoder.pt"
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    atomic_write(enc_path, lambda fh: torch.save(state, fh))
+    return {
+        **history,
+        "checkpoint": str(out / "checkpoints" / "last.pt"),
+        "encoder": str(enc_path),
+        "method": method,
+        "records": [it.name for it in items],
+    }
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    method: nn.Module, signals: Sequence[np.ndarray], mask_ratio: float = 0.75, seed: int = 0
+) -> dict[str, float]:
+    """Masked-patch reconstruction MSE and SDSC of a pretrained MAE on the first 9 s of ``signals``.
+
+    Also returns the same metrics for the trivial prediction (each masked patch = its own mean:
+    ``baseline_mse``, ``baseline_sdsc``) so the numbers can be read.
+    """
+    from medssl.losses.jepa import gather_tokens
+    from medssl.losses.spectral import reconstruction_quality
+    from medssl.masking import RandomPatchMask
+    from medssl.networks import patchify
+
+    method = method.cpu().eval()
+    x = torch.from_numpy(np.stack([np.asarray(s[:, :WINDOW], dtype=np.float32) for s in signals]))
+    ctx, tgt = RandomPatchMask(method.encoder.grid_size, mask_ratio)(len(x), torch.Generator().manual_seed(seed))
+    pred = method.decoder(method.encoder(x, context_idx=ctx), ctx, tgt)
+    target = gather_tokens(patchify(x, method.encoder), tgt)
+    q = reconstruction_quality(pred, target)
+    b = reconstruction_quality(torch.zeros_like(pred), target)
+    return {**q, "baseline_mse": b["mse"], "baseline_sdsc": b["sdsc"]}
+
+
+def sample_dir() -> Path:
+    """The CinC 2021 samples shipped in ``medssl/samples/ecg``."""
+    from medssl import samples
+
+    return samples.cinc_records()[0].parent
+
+
+# ----------------------------------------------------------------------------------------------- inference helpers
+@torch.no_grad()
+def sliding_logits(model: nn.Module, x: torch.Tensor, window: int = WINDOW, stride: int | None = None) -> torch.Tensor:
+    """Apply a per-sample model ``[1, 12, W] -> [1, 12, K, W]`` over a record ``[12, L]`` of any length.
+
+    Windows every ``stride`` samples (default half a window) plus one aligned to the end; softmax
+    probabilities are averaged where windows overlap. Records shorter than a window are zero-padded.
+
+    Returns:
+        ``[12, K, L]`` class probabilities.
+    """
+    c, n = x.shape
+    stride = stride or window // 2
+    xp = F.pad(x, (0, max(0, window - n)))
+    total = xp.shape[-1]
+    starts = sorted({*range(0, max(total - window, 0) + 1, stride), max(total - window, 0)})
+    acc = None
+    count = torch.zeros(total)
+    for s in starts:
+        p = torch.softmax(model(xp[None, :, s : s + window].float())[0].float(), dim=1).cpu()
+        if acc is None:
+            acc = torch.zeros(c, p.shape[1], total)
+        acc[:, :, s : s + window] += p
+        count[s : s + window] += 1
+    assert acc is not None
+    return (acc / count.clamp_min(1))[:, :, :n]
+
+
+@torch.no_grad()
+def delineate(model: nn.Module, x: np.ndarray, fs_out: float = FS) -> list[list[Wave]]:
+    """Per-lead waves of a prepared record ``[12, L]`` at 250 Hz, returned in samples at ``fs_out``."""
+    was = model.training
+    model.eval()
+    probs = sliding_logits(model, torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    model.train(was)
+    lab = probs.argmax(dim=1).numpy()
+    scale = fs_out / FS
+    mins = {"P": 3, "QRS": 4, "T": 5}  # 12, 16, 20 ms at 250 Hz: shorter runs are fragments
+    out = []
+    for li in range(lab.shape[0]):
+        ws = waves_from_labels(lab[li], x[li], min_samples=mins)
+        out.append([Wave(w.wave, round(w.onset * scale), round(w.peak * scale), round(w.offset * scale)) for w in ws])
+    return out
+
+
+@torch.no_grad()
+def classify(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Class probabilities of a prepared record: sigmoid of the logits averaged over its 9 s windows."""
+    was = model.training
+    model.eval()
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    xt = F.pad(xt, (0, max(0, WINDOW - xt.shape[-1])))
+    n = xt.shape[-1]
+    starts = sorted({*range(0, n - WINDOW + 1, WINDOW // 2), n - WINDOW})
+    logits = torch.stack([model(xt[None, :, s : s + WINDOW])[0] for s in starts]).mean(0)
+    model.train(was)
+    return torch.sigmoid(logits.float()).numpy()
+
+
+# ----------------------------------------------------------------------------------------------- shipped models
+def save_models(
+    model_dir: str | os.PathLike[str],
+    classifier: nn.Module,
+    delineation: nn.Module | None,
+    thresholds: Sequence[float],
+    pretrained_encoder: nn.Module | None = None,
+    info: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write the shipped state dicts in float16 (atomic) and ``model_config.json``; returns the paths."""
+    from medssl.ssl.checkpoint import atomic_write, atomic_write_json
+
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, m in (
+        ("classifier.pt", classifier),
+        ("delineation.pt", delineation),
+        ("encoder_pretrained.pt", pretrained_encoder),
+    ):
+        if m is None:
+            continue
+        sd = {
+            k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+            for k, v in m.state_dict().items()
+        }
+        out.append(atomic_write(d / name, lambda fh, sd=sd: torch.save(sd, fh)))
+        os.chmod(out[-1], 0o644)
+    cfg = {
+        "classes": list(DIAGNOSES),
+        "thresholds": [float(t) for t in thresholds],
+        "wave_classes": list(WAVE_CLASSES),
+        "fs": FS,
+        "window": WINDOW,
+        "patch": PATCH,
+        "encoder": ENCODER_ARGS,
+        "leads": list(STANDARD_LEADS),
+        **(info or {}),
+    }
+    out.append(atomic_write_json(d / "model_config.json", cfg))
+    return out
+
+
+def _load_state(m: nn.Module, path: Path) -> None:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    ref = m.state_dict()
+    m.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in sd.items()})
+
+
+def load_models(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    """``(classifier, delineation or None, config)`` from a ``models/`` folder (CPU, eval mode)."""
+    from medssl.errors import CheckpointError
+
+    d = Path(model_dir)
+    cfg_path = d / "model_config.json"
+    if not (d / "classifier.pt").is_file() or not cfg_path.is_file():
+        raise CheckpointError(d, "no trained model (classifier.pt + model_config.json); run the study or finetune")
+    cfg = json.loads(cfg_path.read_text())
+    clf = build_classifier()
+    _load_state(clf, d / "classifier.pt")
+    dl = None
+    if (d / "delineation.pt").is_file():
+        dl = build_delineation()
+        _load_state(dl, d / "delineation.pt")
+        dl.eval()
+    return clf.eval(), dl, cfg
+
+
+def bundle_root() -> Path:
+    """The folder of this bundle."""
+    return Path(__file__).resolve().parents[1]
+
+
+if str(bundle_root()) not in sys.path:  # so `import scripts...` works from anywhere
+    sys.path.insert(0, str(bundle_root()))
+
+
+# ----------------------------------------------------------------------------------------------- fine-tuning
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load an encoder state dict (``encoder.pt`` / ``models/encoder_pretrained.pt``) or a trainer checkpoint."""
+    p = Path(path)
+    sd = torch.load(p, map_location="cpu", weights_only=True)
+    if "method" in sd:  # a medssl trainer checkpoint
+        sd = {k[len("encoder.") :]: v for k, v in sd["method"].items() if k.startswith("encoder.")}
+    ref = encoder.state_dict()
+    encoder.load_state_dict({k: v.to(ref[k].dtype) for k, v in sd.items() if k in ref}, strict=True)
+
+
+def _loader(ds: Dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True) -> Any:
+    from medssl.ssl.sampler import make_loader
+
+    return make_loader(ds, min(batch_size, len(ds)), seed=seed, shuffle=shuffle, drop_last=drop_last)
+
+
+def _finetune(
+    model: nn.Module,
+    train: Sequence[LudbRecord],
+    target: str,
+    loss: Any,
+    output_dir: str | os.PathLike[str],
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str,
+) -> nn.Module:
+    """The one fine-tuning recipe (medssl.eval.finetune: AdamW, warm-up + cosine, clip 1.0, encoder lr x 0.5)."""
+    from medssl.eval.finetune import finetune
+
+    repeats = max(1, (max_steps * batch_size) // max(1, len(train)) + 1)
+    res = finetune(
+        model,
+        _loader(LudbDataset(train, target, repeats), batch_size, seed),
+        None,
+        loss,
+        max_steps=max_steps,
+        lr=lr,
+        output_dir=output_dir,
+        encoder_lr_scale=0.5,
+        device=device,
+        seed=seed,
+        progress=False,
+        log_every=50,
+    )
+    return res.model.cpu().eval()
+
+
+def train_delineation(
+    train: Sequence[LudbRecord],
+    init: str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str],
+    max_steps: int = 300,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+) -> nn.Module:
+    """Fine-tune :func:`build_delineation` on LUDB records (``init`` = encoder weights, ``None`` = scratch).
+
+    The recipe is identical for both inits (AdamW, warm-up + cosine, clip 1.0, same steps and batch).
+    """
+    torch.manual_seed(seed)
+    net = build_delineation()
+    if init is not None:
+        load_encoder_weights(net.encoder, init)
+    return _finetune(net, train, "waves", delineation_loss, output_dir, max_steps, batch_size, lr, seed, device)
+
+
+def score_records(model: nn.Module, records: Sequence[LudbRecord]) -> dict[str, float]:
+    """Boundary F1 (±150 ms) and error (ms) over all leads of ``records`` (marks at 500 Hz)."""
+    from medssl.eval.delineation import DelineationScore, score_delineation
+
+    total = DelineationScore.empty()
+    for r in records:
+        pred = delineate(model, r.x, fs_out=500.0)
+        for li in range(12):
+            total.add(score_delineation(pred[li], r.waves[li], fs=500.0, tolerance_ms=150.0))
+    return total.summary()
+
+
+def train_diagnosis(
+    train: Sequence[LudbRecord],
+    init: str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str],
+    max_steps: int = 200,
+    batch_size: int = 8,
+    lr: float = 5e-4,
+    seed: int = 0,
+    device: str = "auto",
+) -> nn.Module:
+    """Fine-tune :func:`build_classifier` (multi-label BCE, output bias at the training prior)."""
+    from medssl.eval.finetune import init_output_bias_to_prior
+
+    torch.manual_seed(seed)
+    clf = build_classifier()
+    if init is not None:
+        load_encoder_weights(clf.encoder, init)
+    prior = np.stack([r.diagnosis for r in train]).mean(0)
+    init_output_bias_to_prior(clf.head.fc, prior)
+    return _finetune(
+        clf, train, "diagnosis", nn.BCEWithLogitsLoss(), output_dir, max_steps, batch_size, lr, seed, device
+    )
+
+
+def diagnosis_scores(model: nn.Module, records: Sequence[LudbRecord]) -> np.ndarray:
+    """``[N, C]`` probabilities over the records (windows averaged)."""
+    return np.stack([classify(model, r.x) for r in records])
+
+
+def probe_diagnosis(
+    train: Sequence[LudbRecord], test: Sequence[LudbRecord], init: str | os.PathLike[str] | None
+) -> np.ndarray:
+    """Linear probe (L-BFGS logistic regression, bias at the prior) on frozen mean-pooled tokens."""
+    from medssl.eval.linear_probe import extract_features, linear_probe
+
+    enc = build_encoder()
+    if init is not None:
+        load_encoder_weights(enc, init)
+    tr = _loader(LudbDataset(train, "diagnosis", random_crop=False), 16, 0, shuffle=False, drop_last=False)
+    te = _loader(LudbDataset(test, "diagnosis", random_crop=False), 16, 0, shuffle=False, drop_last=False)
+    xtr, ytr = extract_features(enc, tr, device="cpu")
+    xte, _ = extract_features(enc, te, device="cpu")
+    return linear_probe(xtr, ytr, xte, multilabel=True, weight_decay=1e-2).numpy()
+
+
+# ----------------------------------------------------------------------------------------------- workflows
+_CINC_MAP = {"sinus_rhythm": ("NSR",), "left_axis_deviation": ("LAD",), "left_ventricular_hypertrophy": ("LVH", "LVHV")}
+
+
+def cinc_items(folder: str | os.PathLike[str]) -> list[LudbRecord]:
+    """CinC 2021 records of a folder with ``labels.csv`` as diagnosis items (no delineation marks).
+
+    The three diagnoses map from the CinC abbreviations NSR, LAD and LVH/LVHV.
+    """
+    root = Path(folder)
+    labels: dict[str, set[str]] = {}
+    with open(root / "labels.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            labels[row["record"]] = set(row["dx_abbrev"].split("|"))
+    out = []
+    for it in load_ecgs(sorted(root.glob("*.hea"))):
+        dx = labels.get(it.name, set())
+        y = np.array([bool(dx & set(_CINC_MAP[c])) for c in DIAGNOSES], dtype=np.float32)
+        out.append(LudbRecord(it.name, it.x, np.full(it.x.shape, -100, dtype=np.int64), [[] for _ in range(12)], y))
+    return out
+
+
+def finetune_workflow(
+    data: str | os.PathLike[str] | None,
+    output_dir: str | os.PathLike[str],
+    label_fraction: float = 1.0,
+    seed: int = 0,
+    init: str = "pretrained",
+    pretrained: str | os.PathLike[str] | None = None,
+    max_steps: int = 300,
+    device: str = "auto",
+    results_json: str | os.PathLike[str] | None = None,
+    command: str = "medssl finetune ecg_mae_classification",
+) -> dict[str, Any]:
+    """``configs/finetune.json``: fine-tune diagnosis (and, on LUDB, delineation) at one label fraction.
+
+    On LUDB (``data`` holds ``ludb/``): the fixed test split (records 121-160), 18 validation records, a
+    seeded draw of ``label_fraction`` of the rest; rows (macro AUROC, boundary F1 and errors) are appended
+    to ``results_json``. Without LUDB (the shipped CinC samples): diagnosis only, trained on all usable
+    samples and scored on them (a smoke run; no rows appended). The fine-tuned models are written to
+    ``output_dir/models`` in the shipped format.
+
+    Args:
+        data: ECG data root (``../shared/data/ecg``) or a CinC sample folder; ``None``: the default.
+        output_dir: checkpoints, logs and ``models/``.
+        label_fraction: fraction of the training pool, in ``(0, 1]``.
+        seed: record draw and training seed.
+        init: ``"pretrained"`` (``pretrained`` encoder weights) or ``"scratch"``.
+        pretrained: encoder weights (default: the bundle's ``models/encoder_pretrained.pt``).
+        max_steps: fine-tuning steps (same for both inits).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
+        results_json: where rows go (default the bundle's ``docs/results.json``).
+        command: recorded in the rows.
+    """
+    from medssl.eval.metrics import choose_threshold, macro_auroc
+    from medssl.eval.results import append_result
+    from medssl.eval.splits import label_fraction_split, save_split
+
+    if init not in ("pretrained", "scratch"):
+        raise ValueError(f"init must be 'pretrained' or 'scratch', got {init!r}")
+    root = Path(data) if data is not None else (default_data_root() or sample_dir())
+    weights = None
+    if init == "pretrained":
+        weights = Path(pretrained) if pretrained else bundle_root() / "models" / "encoder_pretrained.pt"
+        if not weights.is_file():
+            from medssl.errors import CheckpointError
+
+            raise CheckpointError(weights, "pretrained encoder not found; run `medssl pretrain` first")
+    out = Path(output_dir)
+    results = Path(results_json) if results_json else bundle_root() / "docs" / "results.json"
+    summary: dict[str, Any] = {}
+    if (root / "ludb" / "data").is_dir():
+        records = ludb_items(root)
+        by_name = {r.name: r for r in records}
+        ids = [r.name for r in records]
+        test = [by_name[i] for i in LUDB_TEST_IDS if i in by_name]
+        split = label_fraction_split(
+            ids,
+            {r.name: r.diagnosis.astype(int).tolist() for r in records},
+            fraction=label_fraction,
+            seed=seed,
+            test_ids=list(LUDB_TEST_IDS),
+            val_fraction=18 / (len(ids) - len(test)),
+        )
+        split_file = out / f"split_f{label_fraction}_seed{seed}.json"
+        save_split(split_file, split)
+        train, val = [by_name[i] for i in split.train], [by_name[i] for i in split.val]
+        dl = train_delineation(train, weights, out / "delineation", max_steps=max_steps, seed=seed, device=device)
+        clf = train_diagnosis(train, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device)
+        y = np.stack([r.diagnosis for r in test])
+        summary = {**score_records(dl, test), "macro_auroc": macro_auroc(diagnosis_scores(clf, test), y)}
+        for k, v in summary.items():
+            if np.isfinite(v):
+                task = "ludb_diagnosis_finetune" if k == "macro_auroc" else "ludb_delineation"
+                append_result(
+                    results,
+                    {
+                        "task": task,
+                        "label_fraction": label_fraction,
+                        "seed": seed,
+                        "init": init,
+                        "metric": k,
+                        "value": float(v),
+                        "split_file": str(split_file),
+                        "command": command,
+                    },
+                )
+        thr = choose_threshold(diagnosis_scores(clf, val), np.stack([r.diagnosis for r in val]))
+    else:
+        items = cinc_items(root) if (root / "labels.csv").is_file() else []
+        if not items:
+            raise ValueError(f"{root}: neither LUDB (ludb/data) nor CinC records with labels.csv")
+        clf = train_diagnosis(items, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device)
+        dl = None
+        thr = np.full(len(DIAGNOSES), 0.5)
+    paths = save_models(
+        out / "models",
+        clf,
+        dl,
+        list(np.atleast_1d(thr)),
+        info={"label_fraction": label_fraction, "seed": seed, "init": init},
+    )
+    return {"summary": summary, "models": [str(p) for p in paths]}

@@ -1,0 +1,254 @@
+"""The ECG MAE study in one command: pretrain, then LUDB delineation and diagnosis, pretrained vs scratch.
+
+    python bundles/ecg_mae_classification/scripts/experiment.py [--quick] [--device cpu]
+        [--budget-minutes 60] [--data ../shared/data/ecg] [--seeds 0 1 2] [--fractions 2 16 0.25 0.5 1.0]
+
+1. MAE pretraining (time + frequency + coarse targets) on LUDB records 1-120, CinC 2021, PTB (MIT-BIH is
+   skipped: 2 leads) -- never on the LUDB test records 121-160.
+2. For every label fraction (an int = a number of records, a float = a fraction of the 102 training
+   records left after 18 validation records) and seed (seed = draw of the records and training seed):
+   delineation fine-tuning and diagnosis (linear probe and fine-tuning), pretrained and scratch with the
+   same recipe; scored on the 40 fixed test records.
+3. Rows go to docs/results.json (medssl.eval.results.append_result); the README table is re-rendered; the
+   pretrained, 100 %-label models (seed 0) go to models/ (float16 state dicts, atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import ecg_bundle as eb  # noqa: E402
+
+BUNDLE = Path(__file__).resolve().parents[1]
+
+
+def _fraction_label(f: float, pool: int) -> tuple[float, int | None, float | None]:
+    """(label_fraction for the row, count, fraction)."""
+    if f >= 1.0 and float(f).is_integer() and f > 1:
+        return min(1.0, f / pool), int(f), None
+    return float(f), None, float(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study; returns 0."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=None, help="ECG data root (default ../shared/data/ecg)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget-minutes", type=float, default=60.0, help="sizes the step counts")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny steps, 1 seed, 2 fractions")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--fractions", type=float, nargs="+", default=None)
+    ap.add_argument("--pretrain-steps", type=int, default=None)
+    ap.add_argument("--finetune-steps", type=int, default=None, help="delineation fine-tuning steps")
+    ap.add_argument("--diagnosis-steps", type=int, default=None, help="default: the delineation steps")
+    ap.add_argument("--final-steps", type=int, default=None, help="steps of the shipped 100 %% models")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results", type=Path, default=BUNDLE / "docs" / "results.json")
+    ap.add_argument("--models", type=Path, default=BUNDLE / "models")
+    ap.add_argument("--no-models", action="store_true", help="do not write models/")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*AUROC.*")
+    command = "python bundles/ecg_mae_classification/scripts/experiment.py " + shlex.join(argv or sys.argv[1:])
+    t0 = time.time()
+    root = args.data or eb.default_data_root()
+    if root is None or not (Path(root) / "ludb" / "data").is_dir():
+        print("experiment: LUDB not found (pass --data ../shared/data/ecg)", file=sys.stderr)
+        return 2
+    # budget: minutes -> steps (CPU, 1 thread: ~0.5 s per pretraining step, ~1.2 s per fine-tuning step)
+    if args.quick:
+        seeds, fractions, pre_steps, ft_steps = [0], args.fractions or [2.0, 1.0], 20, 6
+    else:
+        seeds = args.seeds or [0, 1, 2]
+        fractions = args.fractions or [2.0, 16.0, 0.25, 0.5, 1.0]
+        runs = len(seeds) * len(fractions) * 2
+        budget_s = args.budget_minutes * 60
+        pre_steps = args.pretrain_steps or int(0.25 * budget_s / 0.5)
+        ft_steps = args.finetune_steps or max(20, int(0.7 * budget_s / runs / 2 / 1.3))
+    work = Path(args.work or tempfile.mkdtemp(prefix="ecg_study_"))
+    work.mkdir(parents=True, exist_ok=True)
+    split_dir = BUNDLE / "docs" / "splits"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    diag_steps = args.diagnosis_steps or ft_steps
+    final_steps = args.final_steps or ft_steps
+    print(f"[study] pretrain {pre_steps} steps, fine-tune {ft_steps} steps, seeds {seeds}, fractions {fractions}")
+
+    from medssl.eval.metrics import choose_threshold, macro_auroc
+    from medssl.eval.results import append_result, render_results_table
+    from medssl.eval.splits import label_fraction_split, save_split
+
+    # 1. pretraining
+    hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device)
+    enc_path = hist["encoder"]
+    losses = hist["loss"]
+    print(
+        f"[study] pretrained on {len(hist['records'])} records; loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"
+        f" ({time.time() - t0:.0f} s)"
+    )
+
+    # 2. LUDB
+
+    records = eb.ludb_items(root)
+    by_name = {r.name: r for r in records}
+    test = [by_name[i] for i in eb.LUDB_TEST_IDS if i in by_name]
+    rq = eb.reconstruction_metrics(hist["method"], [r.x for r in test])
+    for k, v in rq.items():
+        append_result(
+            args.results,
+            {
+                "task": "mae_reconstruction_ludb_test",
+                "label_fraction": 1.0,
+                "seed": 0,
+                "init": "pretrained",
+                "metric": k,
+                "value": v,
+                "split_file": "LUDB records 121-160",
+                "command": command,
+            },
+        )
+    print(f"[study] reconstruction on LUDB test: {rq}")
+    ids = [r.name for r in records]
+    labels = {r.name: r.diagnosis.astype(int).tolist() for r in records}
+    pool = len(ids) - len(test)
+    n_val = 18
+    final: dict[str, object] = {}
+
+    def row(task: str, lf: float, seed: int, init: str, metric: str, value: float, split_file: str) -> None:
+        if np.isfinite(value):
+            append_result(
+                args.results,
+                {
+                    "task": task,
+                    "label_fraction": round(lf, 4),
+                    "seed": seed,
+                    "init": init,
+                    "metric": metric,
+                    "value": float(value),
+                    "split_file": split_file,
+                    "command": command,
+                },
+            )
+
+    for f in fractions:
+        for seed in seeds:
+            lf_val, count, frac = _fraction_label(f, pool - n_val)
+            split = label_fraction_split(
+                ids,
+                labels,
+                fraction=frac,
+                count=count,
+                seed=seed,
+                test_ids=list(eb.LUDB_TEST_IDS),
+                val_fraction=n_val / pool,
+            )
+            tag = f"n{count}" if count else f"f{frac}"
+            split_file = split_dir / f"ludb_{tag}_seed{seed}.json"
+            save_split(split_file, split)
+            sf = str(split_file.relative_to(BUNDLE))
+            train = [by_name[i] for i in split.train]
+            val = [by_name[i] for i in split.val]
+            for init_name, init in (("pretrained", enc_path), ("scratch", None)):
+                tag_dir = work / f"{tag}_s{seed}_{init_name}"
+                # delineation
+                dl = eb.train_delineation(
+                    train, init, tag_dir / "delin", max_steps=ft_steps, seed=seed, device=args.device
+                )
+                s = eb.score_records(dl, test)
+                for k, v in s.items():
+                    row("ludb_delineation", lf_val, seed, init_name, k, v, sf)
+                # diagnosis: fine-tune and linear probe
+                clf = eb.train_diagnosis(
+                    train, init, tag_dir / "diag", max_steps=diag_steps, seed=seed, device=args.device
+                )
+                y = np.stack([r.diagnosis for r in test])
+                p_ft = eb.diagnosis_scores(clf, test)
+                p_lp = eb.probe_diagnosis(train, test, init)
+                row("ludb_diagnosis_finetune", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_ft, y), sf)
+                row("ludb_diagnosis_linear_probe", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_lp, y), sf)
+                print(
+                    f"[study] {tag} seed {seed} {init_name}: delineation mean F1 {s['mean_f1']:.3f} "
+                    f"MAE {s['mean_abs_error_ms']:.1f} ms; AUROC ft {macro_auroc(p_ft, y):.3f} "
+                    f"lp {macro_auroc(p_lp, y):.3f} ({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+                if init_name == "pretrained" and seed == seeds[0]:
+                    pv = eb.diagnosis_scores(clf, val)
+                    yv = np.stack([r.diagnosis for r in val])
+                    thr = choose_threshold(pv, yv, "f1")
+                    final = {"clf": clf, "dl": dl, "thr": thr, "tag": tag, "n_train": len(train)}
+                shutil.rmtree(tag_dir, ignore_errors=True)
+    # the shipped models: pretrained, all training records, seed 0 (trained here if 100 % was not in the grid)
+    if not args.no_models and (not final or final["n_train"] < pool - n_val):
+        split = label_fraction_split(
+            ids, labels, fraction=1.0, seed=seeds[0], test_ids=list(eb.LUDB_TEST_IDS), val_fraction=n_val / pool
+        )
+        split_file = split_dir / f"ludb_f1.0_seed{seeds[0]}.json"
+        save_split(split_file, split)
+        sf = str(split_file.relative_to(BUNDLE))
+        train = [by_name[i] for i in split.train]
+        val = [by_name[i] for i in split.val]
+        dl = eb.train_delineation(
+            train, enc_path, work / "final_delin", max_steps=final_steps, seed=seeds[0], device=args.device
+        )
+        clf = eb.train_diagnosis(
+            train, enc_path, work / "final_diag", max_steps=final_steps, seed=seeds[0], device=args.device
+        )
+        s = eb.score_records(dl, test)
+        for k, v in s.items():
+            row("ludb_delineation", 1.0, seeds[0], "pretrained", k, v, sf)
+        y = np.stack([r.diagnosis for r in test])
+        row(
+            "ludb_diagnosis_finetune",
+            1.0,
+            seeds[0],
+            "pretrained",
+            "macro_auroc",
+            macro_auroc(eb.diagnosis_scores(clf, test), y),
+            sf,
+        )
+        thr = choose_threshold(eb.diagnosis_scores(clf, val), np.stack([r.diagnosis for r in val]), "f1")
+        final = {"clf": clf, "dl": dl, "thr": thr, "tag": "f1.0", "n_train": len(train)}
+        print(
+            f"[study] final (100 %, pretrained): delineation mean F1 {s['mean_f1']:.3f} "
+            f"MAE {s['mean_abs_error_ms']:.1f} ms ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
+    # 3. models and table
+    if not args.no_models and final:
+        enc = eb.build_encoder()
+        eb.load_encoder_weights(enc, enc_path)
+        info = {
+            "trained_on": f"LUDB {final['n_train']} records ({final['tag']}), seed {seeds[0]}",
+            "pretrain_steps": pre_steps,
+            "finetune_steps": final_steps,
+            "quick": bool(args.quick),
+        }
+        paths = eb.save_models(args.models, final["clf"], final["dl"], list(np.atleast_1d(final["thr"])), enc, info)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"[study] models: {', '.join(p.name for p in paths)} ({size / 1e6:.1f} MB)")
+    readme = BUNDLE / "docs" / "README.md"
+    if readme.is_file():
+        render_results_table(args.results, readme)
+    (work / "done.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"[study] done in {time.time() - t0:.0f} s; rows in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The ecg_mae_classification bundle: metadata, configs (MONAI ConfigParser), pretraining, inference outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+from medssl.samples import cinc_records, ecg_dicom
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "ecg_mae_classification"
+SCHEMA = REPO / "medssl" / "bundle_schema" / "meta_schema_20240725.json"
+
+torch.set_num_threads(1)
+
+
+def _parser(workflow: str, monkeypatch: pytest.MonkeyPatch, **overrides: object) -> ConfigParser:
+    monkeypatch.chdir(REPO)
+    p = ConfigParser()
+    p.read_config(str(BUNDLE / "configs" / f"{workflow}.json"))
+    for k, v in overrides.items():
+        p[k] = v
+    p.parse()
+    return p
+
+
+def test_metadata_validates() -> None:
+    verify_metadata(str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 12
+
+
+def test_network_shapes_match_the_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        device="cpu",
+    )
+    p = _parser("inference", monkeypatch)
+    with torch.no_grad():
+        out = p.get_parsed_content("delineation_def").eval()(torch.zeros(1, 12, 2250))
+    assert out.shape == (1, 12, 4, 2250)
+
+
+@pytest.mark.parametrize("workflow", ["pretrain", "finetune", "inference"])
+def test_configs_define_the_contract_ids(workflow: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _parser(workflow, monkeypatch)
+    for key in ("bundle_root", "output_dir", "device", "max_steps", "resume", "data", "run"):
+        assert key in p.config, key
+    assert Path(p.get_parsed_content("bundle_root")) == BUNDLE
+    if workflow == "finetune":
+        assert {"label_fraction", "seed", "init"} <= set(p.config)
+    if workflow == "inference":
+        assert {"inputs", "threshold"} <= set(p.config)
+
+
+def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs pretrain.json through ConfigParser on the shipped CinC samples."""
+    p = _parser(
+        "pretrain",
+        monkeypatch,
+        data=str(cinc_records()[0].parent),
+        output_dir=str(tmp_path / "pre"),
+        max_steps=20,
+        batch_size=4,
+        device="cpu",
+    )
+    with pytest.warns(UserWarning, match="JS20008"):  # a CinC sample with flat V2/V4/V6 is skipped by name
+        (hist,) = p.get_parsed_content("run")
+    loss = np.asarray(hist["loss"])
+    assert len(loss) == 20 and np.isfinite(loss).all()
+    assert loss[-5:].mean() < loss[:5].mean()
+    assert {"loss_rec", "loss_freq", "loss_coarse"} <= set(hist)
+    assert (tmp_path / "pre" / "encoder.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models/ folder in the shipped format with untrained weights (the test does not rely on models/)."""
+    sys.path.insert(0, str(BUNDLE))
+    from scripts import ecg_bundle as eb
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("models")
+    eb.save_models(d, eb.build_classifier(), eb.build_delineation(), [0.5, 0.5, 0.5])
+    return d
+
+
+def test_inference_writes_well_formed_csvs(
+    untrained_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a CSV input with shuffled lead columns at 500 Hz, next to DICOM and WFDB inputs and a bad one
+    from medssl.io import load
+
+    rec = load(cinc_records()[0])
+    order = [5, 0, 11, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    csv_in = tmp_path / "mine.csv"
+    with open(csv_in, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([rec.meta.lead_names[i] for i in order])
+        w.writerows(rec.array[order].T.tolist())
+    bad = tmp_path / "empty.hea"
+    bad.write_text("")
+    inputs = [str(ecg_dicom()), str(cinc_records()[0]), str(csv_in), str(bad)]
+    p = _parser(
+        "inference",
+        monkeypatch,
+        inputs=inputs,
+        output_dir=str(tmp_path / "out"),
+        model_dir=str(untrained_models),
+        csv_fs=500.0,
+    )
+    with pytest.raises(SystemExit) as exc:
+        p.get_parsed_content("run")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty.hea" in err[0]
+    out = tmp_path / "out"
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["record"] for r in rows] == ["waveform_ecg", cinc_records()[0].stem, "mine"]
+    for r in rows:
+        for c in ("sinus_rhythm", "left_axis_deviation", "left_ventricular_hypertrophy"):
+            assert 0.0 <= float(r[f"prob_{c}"]) <= 1.0
+            assert r[f"label_{c}"] in ("0", "1")
+    # the CSV (reordered columns) gives the same probabilities as the WFDB record it came from
+    assert float(rows[2]["prob_sinus_rhythm"]) == pytest.approx(float(rows[1]["prob_sinus_rhythm"]), abs=1e-4)
+    for name, n_samples in (("waveform_ecg", 10000), (cinc_records()[0].stem, 5000)):
+        with open(out / f"{name}_waves.csv", newline="") as fh:
+            reader = csv.reader(fh)
+            assert next(reader) == ["lead", "wave", "onset", "peak", "offset"]
+            for lead, wave, *pos in reader:
+                assert lead in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+                assert wave in ("P", "QRS", "T")
+                onset, peak, offset = map(int, pos)
+                assert 0 <= onset <= peak <= offset < n_samples
+        assert (out / f"{name}.png").stat().st_size > 1000
+
+
+def test_shipped_models_fit_the_size_budget() -> None:
+    models = BUNDLE / "models"
+    if not (models / "classifier.pt").is_file():
+        pytest.skip("no trained models in bundles/ecg_mae_classification/models yet")
+    assert sum(f.stat().st_size for f in models.iterdir() if f.is_file()) <= 25 * 1024 * 1024
+    cfg = json.loads((models / "model_config.json").read_text())
+    assert len(cfg["thresholds"]) == len(cfg["classes"]) == 3
