@@ -17,7 +17,7 @@ from monai.transforms import MapTransform, NormalizeIntensity, RandomizableTrans
 from monai.utils import convert_to_numpy
 from scipy import signal as sps
 
-from ._utils import as_float_tensor, like_input
+from ._utils import ApplyToKeys, as_float_tensor, like_input
 
 __all__ = [
     "BandPass",
@@ -173,19 +173,7 @@ class StandardizeLeads(Transform):
         return like_input(as_float_tensor(self.t(as_float_tensor(sig))), sig)
 
 
-class _Dict(MapTransform):
-    """Apply an array transform to every key."""
-
-    t: Any
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
-
-
-class BandPassd(_Dict):
+class BandPassd(ApplyToKeys):
     """Dictionary version of :class:`BandPass`."""
 
     def __init__(
@@ -201,7 +189,7 @@ class BandPassd(_Dict):
         self.t = BandPass(low, high, fs, order)
 
 
-class Resampled(_Dict):
+class Resampled(ApplyToKeys):
     """Dictionary version of :class:`Resample`."""
 
     def __init__(
@@ -211,7 +199,7 @@ class Resampled(_Dict):
         self.t = Resample(fs_in, fs_out)
 
 
-class Windowd(_Dict):
+class Windowd(ApplyToKeys):
     """Dictionary version of :class:`Window`."""
 
     def __init__(
@@ -254,7 +242,7 @@ class RandWindowd(RandomizableTransform, MapTransform):
         return d
 
 
-class StandardizeLeadsd(_Dict):
+class StandardizeLeadsd(ApplyToKeys):
     """Dictionary version of :class:`StandardizeLeads`."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:

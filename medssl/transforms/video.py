@@ -20,7 +20,7 @@ from monai.transforms import (
     Transform,
 )
 
-from ._utils import as_float_tensor, like_input
+from ._utils import ApplyToKeys, as_float_tensor, like_input
 
 __all__ = [
     "LUMA_WEIGHTS",
@@ -68,19 +68,13 @@ class ToGreyscale(Transform):
         return like_input(y, img)
 
 
-class ToGreyscaled(MapTransform):
+class ToGreyscaled(ApplyToKeys):
     """Dictionary version of :class:`ToGreyscale`."""
 
     def __init__(self, keys: KeysCollection, channel_dim: int = 0, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.t = ToGreyscale(channel_dim)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply to every key."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 def clip_indices(num_total: int, num_frames: int, stride: int, start: int = 0) -> torch.Tensor:
@@ -130,7 +124,7 @@ class SampleClip(Transform):
         return like_input(x.index_select(self.time_dim, idx.to(x.device)), img)
 
 
-class SampleClipd(MapTransform):
+class SampleClipd(ApplyToKeys):
     """Dictionary version of :class:`SampleClip` (same frames for every key)."""
 
     def __init__(
@@ -145,12 +139,6 @@ class SampleClipd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.t = SampleClip(num_frames, stride, start, time_dim)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply to every key."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
 
 
 def _max_start(num_total: int, num_frames: int, stride: int) -> int:
@@ -290,7 +278,7 @@ class NormalizeClip(Transform):
         return like_input(as_float_tensor(self.t(as_float_tensor(img))), img)
 
 
-class NormalizeClipd(MapTransform):
+class NormalizeClipd(ApplyToKeys):
     """Dictionary version of :class:`NormalizeClip`."""
 
     def __init__(
@@ -303,9 +291,3 @@ class NormalizeClipd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.t = NormalizeClip(mode, scale)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Apply to every key."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.t(d[key])
-        return d
