@@ -5,7 +5,7 @@ Each row is one number: ``{"task", "label_fraction", "seed", "init", "metric", "
 parallel seeds can append to the same file); :func:`render_results_table` rewrites the Markdown table
 between ``<!-- results:start -->`` and ``<!-- results:end -->`` with mean ± std over seeds.
 
-Command line: ``python -m medssl.eval.results BUNDLE_DIR`` renders ``BUNDLE_DIR/results/results.json``
+Command line: ``python -m medssl.eval.results BUNDLE_DIR`` renders ``BUNDLE_DIR/docs/results.json``
 into ``BUNDLE_DIR/docs/README.md``.
 """
 
@@ -206,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m medssl.eval.results BUNDLE_DIR [--results PATH] [--readme PATH]``."""
     parser = argparse.ArgumentParser(prog="python -m medssl.eval.results", description=main.__doc__)
     parser.add_argument("bundle_dir", type=Path)
-    parser.add_argument("--results", type=Path, default=None, help="default BUNDLE_DIR/results/results.json")
+    parser.add_argument("--results", type=Path, default=None, help="default BUNDLE_DIR/docs/results.json")
     parser.add_argument("--readme", type=Path, default=None, help="default BUNDLE_DIR/docs/README.md")
     args = parser.parse_args(argv)
-    results = args.results or args.bundle_dir / "results" / "results.json"
+    results = args.results or args.bundle_dir / "docs" / "results.json"
     readme = args.readme or args.bundle_dir / "docs" / "README.md"
     try:
         table = render_results_table(results, readme)
