@@ -153,3 +153,24 @@ def test_shipped_models_fit_the_size_budget() -> None:
     assert sum(f.stat().st_size for f in models.iterdir() if f.is_file()) <= 25 * 1024 * 1024
     cfg = json.loads((models / "model_config.json").read_text())
     assert len(cfg["thresholds"]) == len(cfg["classes"]) == 3
+
+
+def test_mitbih_beats_and_the_rr_baseline(shared_data: Path) -> None:
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import mitbih
+
+    header = shared_data / "ecg" / "mitbih_arrhythmia_100" / "100.hea"
+    beats = mitbih.load_beats(header)
+    # record 100's annotation file: 2239 normal and 33 atrial premature beats (SOURCE.md: N, A, V, +)
+    assert len(beats.y) == 2239 + 33 and int(beats.y.sum()) == 33
+    assert beats.x.shape[0] == 2 and abs(beats.x.shape[1] / 250.0 / 60.0 - 30.0) < 0.2
+    # a premature beat comes early: its previous RR is shorter than the local mean
+    assert np.median(beats.rr[beats.y == 1, 2]) < 0.9 < np.median(beats.rr[beats.y == 0, 2])
+    # the split is by time and every part holds both classes
+    counts = mitbih.describe(header)
+    assert min(counts.values()) > 0 and sum(counts.values()) == len(beats.y)
+    rows = mitbih.evaluate(header, {}, fractions=(1.0,), seeds=(0,))
+    auroc = next(r["value"] for r in rows if r["init"] == "rr_only" and r["metric"] == "auroc")
+    assert auroc > 0.95

@@ -5,6 +5,7 @@
 
 1. MAE pretraining (time + frequency + coarse targets) on LUDB records 1-120, CinC 2021, PTB (MIT-BIH is
    skipped: 2 leads) -- never on the LUDB test records 121-160.
+   MIT-BIH 100 beat classification (N vs A, scripts/mitbih.py) from the pretrained and a random encoder.
 2. For every label fraction (an int = a number of records, a float = a fraction of the 102 training
    records left after 18 validation records) and seed (seed = draw of the records and training seed):
    delineation fine-tuning and diagnosis (linear probe and fine-tuning), pretrained and scratch with the
@@ -121,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     print(f"[study] reconstruction on LUDB test: {rq}")
+    # MIT-BIH beats (normal vs atrial premature): pretrained against random encoder and the RR baseline
+    mitbih_header = Path(root) / "mitbih_arrhythmia_100" / "100.hea"
+    if mitbih_header.is_file():
+        from scripts import mitbih
+
+        for r in mitbih.evaluate(mitbih_header, {"pretrained": enc_path, "random_frozen": None}, seeds=seeds):
+            append_result(args.results, {"task": mitbih.TASK, "split_file": mitbih.SPLIT, "command": command, **r})
+        print(f"[study] MIT-BIH beat classification scored ({time.time() - t0:.0f} s)")
     ids = [r.name for r in records]
     labels = {r.name: r.diagnosis.astype(int).tolist() for r in records}
     pool = len(ids) - len(test)
