@@ -365,13 +365,17 @@ class SegmentationInference:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(p, f"cannot load model weights: {first[:200]}") from None
 
+    def probabilities(self, frames: Frames, device: torch.device) -> np.ndarray:
+        """Probabilities ``[T, H, W]`` of one input (sliding window); subclasses may pre-process here."""
+        return sliding_window_probabilities(
+            self.network, frames.frames, self.roi_size, device, self.overlap, self.sw_batch_size
+        )
+
     def segment(self, frames: Frames, threshold: float, device: torch.device) -> dict[str, Path]:
         """Predict one input and write its outputs; returns ``{kind: path}``."""
         from medssl.io import write_dicom_seg, write_nifti, write_png
 
-        probs = sliding_window_probabilities(
-            self.network, frames.frames, self.roi_size, device, self.overlap, self.sw_batch_size
-        )
+        probs = self.probabilities(frames, device)
         mask = probs >= threshold  # [T, H, W]
         stem = output_stem(frames.path)
         out: dict[str, Path] = {}
