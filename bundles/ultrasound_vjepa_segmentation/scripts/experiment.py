@@ -1,0 +1,247 @@
+"""The whole low-label study of the ultrasound_vjepa_segmentation bundle, in one command.
+
+1. Pretrain the video ViT twice on unlabelled ultrasound clips (echo cine and other US DICOMs, the 9 carotid
+   training recordings as sequences, HC18 stills as 1-frame clips; the 3 carotid test recordings are never
+   seen): V-JEPA + 3-D localisation loss (``pretrained``) and V-JEPA alone (``vjepa_noloc``), same schedule.
+   Each is pretrained once (seed 0) and shared by every fine-tuning seed.
+2. Carotid lumen segmentation with N = 1, 2, 4, 9 labelled training recordings x seeds, for the inits
+   ``pretrained``, ``vjepa_noloc``, ``random_frozen`` (frozen encoders: the decoder is trained on tokens
+   computed once per frame), ``scratch`` (the same ViT trained end to end) and ``unet_supervised`` (MONAI UNet),
+   all with the same recipe and steps (scripts/us.py); test Dice on the 3 test recordings.
+3. Rows go to docs/results.json (full real data only), the table is rendered into docs/README.md, and the
+   ``pretrained`` encoder and its 9-recording segmenter (seed 0) are saved to models/ (state dicts, atomic).
+
+Examples::
+
+    # the real run (CPU, one thread, about an hour):
+    OMP_NUM_THREADS=1 python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --stage all
+    # stages: pretraining only / fine-tuning from the finished pretraining runs / re-render the table
+    python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --stage pretrain
+    python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --stage finetune
+    # a smoke test on the shipped samples (writes only under --out):
+    python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BUNDLE = Path(__file__).resolve().parents[1]
+if os.fspath(BUNDLE) not in sys.path:
+    sys.path.insert(0, os.fspath(BUNDLE))
+
+import torch  # noqa: E402
+
+from scripts import us  # noqa: E402
+
+FROZEN = ("pretrained", "vjepa_noloc", "random_frozen")
+INITS = (*FROZEN, "scratch", "unet_supervised")
+MODELS_LIMIT = 25 * 1024 * 1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="all",
+                   choices=("all", "pretrain", "finetune", "sweep", "diagnose", "evaluate", "table"),
+                   help="sweep: pretrain with --loc-weight into OUT/pretrain_loc<w> and fine-tune frozen decoders "
+                        "on it (rows with init vjepa_loc<w>); diagnose: effective rank of each encoder's tokens; "
+                        "evaluate: the shipped models/model.pt on the test recordings through the inference path")
+    p.add_argument("--data", default=None, help="data root (default: ../shared/data/ultrasound)")
+    p.add_argument("--out", default="runs/us_experiment", help="run folder (default: runs/us_experiment)")
+    p.add_argument("--quick", action="store_true", help="tiny settings on the samples (not results)")
+    p.add_argument("--labels", type=int, nargs="+", default=None, help="labelled recordings (default 1 2 4 9)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default 0 1 2)")
+    p.add_argument("--inits", nargs="+", default=None, choices=INITS)
+    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--pretrain-lr", type=float, default=None, help="pretraining peak learning rate (default 5e-4)")
+    p.add_argument("--loc-weight", type=float, default=0.1, help="localisation loss weight (default 0.1)")
+    p.add_argument("--tag", default="", help="suffix of the init names in the result rows (ablations, e.g. "
+                   "_lr1.5e-4 for a second pretraining in another --out); a tagged run never writes models/")
+    p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    return p.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps, batch sizes and grid for the full run or ``--quick``."""
+    if args.quick:
+        s = {"labels": [1], "seeds": [0], "pretrain_steps": 4, "pretrain_batch": 2, "finetune_steps": 10,
+             "finetune_batch": 4, "eval_every": 5, "num_frames": 16, "workers": 0}
+    else:
+        s = {"labels": [1, 2, 4, 9], "seeds": [0, 1, 2], "pretrain_steps": 500, "pretrain_batch": 8,
+             "finetune_steps": 200, "finetune_batch": 8, "eval_every": 50, "num_frames": 16, "workers": 1}
+    s["pretrain_lr"] = args.pretrain_lr or 5e-4
+    for key in ("labels", "seeds", "pretrain_steps", "finetune_steps"):
+        if getattr(args, key):
+            s[key] = getattr(args, key)
+    s["inits"] = list(args.inits or INITS)
+    return s
+
+
+def _log(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def stage_pretrain(data: str, out: Path, s: dict[str, Any], loc_weight: float) -> None:
+    """Both pretraining runs (with and without the localisation loss), one after the other."""
+    for name, lw in (("pretrain", loc_weight), ("pretrain_noloc", 0.0)):
+        t0 = time.time()
+        hist = us.pretrain(data, out / name, loc_weight=lw, max_steps=s["pretrain_steps"],
+                           batch_size=s["pretrain_batch"], num_frames=s["num_frames"], device="cpu",
+                           lr=s["pretrain_lr"],
+                           num_workers=s["workers"], log_every=10)
+        loss = [float(v) for v in hist["loss"]]
+        _log({"pretrained": name, "loc_weight": lw, "steps": len(loss), "loss_first10": sum(loss[:10]) / 10,
+              "loss_last10": sum(loss[-10:]) / 10, "seconds": round(time.time() - t0, 1)})
+
+
+def stage_diagnose(data: str, out: Path) -> None:
+    """Label-free collapse check: effective rank of each encoder's tokens on the training-pool frames."""
+    frames, pool, _ = us.load_task(data)
+    images = torch.cat([frames[r]["image"] for r in pool])
+    encoders = {"random_frozen": None}
+    for enc in sorted(out.glob("pretrain*/encoder.pt")):
+        encoders[enc.parent.name] = us.load_state(enc)
+    for name, state in encoders.items():
+        tokens = us.encode_frames(state, images)
+        _log({"encoder": name, "effective_rank": round(us.effective_rank(tokens), 2), "frames": len(images)})
+
+
+def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, results_json: Path,
+                command: str) -> list[dict[str, Any]]:
+    """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes."""
+    from medssl.eval.results import append_result
+
+    name = f"loc{loc_weight:g}"
+    enc = out / f"pretrain_{name}" / "encoder.pt"
+    if not enc.is_file():
+        t0 = time.time()
+        hist = us.pretrain(data, enc.parent, loc_weight=loc_weight, max_steps=s["pretrain_steps"],
+                           batch_size=s["pretrain_batch"], num_frames=s["num_frames"], device="cpu",
+                           lr=s["pretrain_lr"],
+                           num_workers=s["workers"], log_every=10)
+        loss = [float(v) for v in hist["loss"]]
+        _log({"pretrained": enc.parent.name, "loc_weight": loc_weight, "loss_last10": sum(loss[-10:]) / 10,
+              "seconds": round(time.time() - t0, 1)})
+    frames, pool, test = us.load_task(data)
+    state = us.load_state(enc)
+    feats = us.add_features(frames, state, seed=0)
+    rows = []
+    for n in s["labels"]:
+        for seed in s["seeds"]:
+            chosen = us.choose_recordings(pool, n, seed)
+            res = us.finetune_and_test(frames, test, chosen, "pretrained", seed, state, feats,
+                                       max_steps=s["finetune_steps"], batch_size=s["finetune_batch"],
+                                       eval_every=s["eval_every"])
+            split_file = us.save_split(res, out / "splits")
+            if results_json.parent == BUNDLE / "docs":
+                split_file = us.save_split(res, BUNDLE / "docs" / "splits", "docs/splits/")
+            row = us.result_row(res, f"vjepa_{name}", seed, len(pool), command, split_file)
+            append_result(results_json, row)
+            rows.append(row)
+            _log({"init": f"vjepa_{name}", "n": n, "seed": seed, "dice": round(res["dice"], 4)})
+    return rows
+
+
+def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, command: str,
+                   write_models: bool, tag: str = "") -> list[dict[str, Any]]:
+    """Every fine-tune of the grid; rows appended as they finish."""
+    from medssl.eval.results import append_result
+
+    frames, pool, test = us.load_task(data)
+    _log({"pool": [r[-7:] for r in pool], "test": [r[-7:] for r in test],
+          "frames": {r[-7:]: len(f["image"]) for r, f in frames.items()}})
+    states = {"pretrained": out / "pretrain" / "encoder.pt", "vjepa_noloc": out / "pretrain_noloc" / "encoder.pt"}
+    feats: dict[str, Any] = {}
+    for init in s["inits"]:
+        if init in FROZEN:
+            state = us.load_state(states[init]) if init in states else None
+            feats[init] = (state, us.add_features(frames, state, seed=0))
+    rows = []
+    for n in s["labels"]:
+        for seed in s["seeds"]:
+            chosen = us.choose_recordings(pool, n, seed)
+            for init in s["inits"]:
+                state, f = feats.get(init, (None, None))
+                save = out / "models" / f"{init}_n{n}_s{seed}.pt" if (init == "pretrained" and n == len(pool)
+                                                                       and seed == s["seeds"][0]) else None
+                res = us.finetune_and_test(frames, test, chosen, init, seed, state, f,
+                                           max_steps=s["finetune_steps"], batch_size=s["finetune_batch"],
+                                           eval_every=s["eval_every"], save_model=save)
+                split_file = (us.save_split(res, BUNDLE / "docs" / "splits", "docs/splits/")
+                              if results_json.parent == BUNDLE / "docs" else us.save_split(res, out / "splits"))
+                row = us.result_row(res, init + tag, seed, len(pool), command, split_file)
+                append_result(results_json, row)
+                rows.append(row)
+                _log({"init": init + tag, "n": n, "seed": seed, "recordings": res["recordings"],
+                      "dice": round(res["dice"], 4), "threshold": res["threshold"], "val_dice": res["val_dice"],
+                      "best_step": res["best_step"], "seconds": res["seconds"]})
+                if save is not None and write_models:
+                    _copy_atomic(save, BUNDLE / "models" / "model.pt")
+                    _copy_atomic(save.with_suffix(".json"), BUNDLE / "models" / "model.json")
+                    _copy_atomic(states["pretrained"], BUNDLE / "models" / "pretrained_encoder.pt")
+                    _copy_atomic(states["pretrained"].with_suffix(".json"),
+                                 BUNDLE / "models" / "pretrained_encoder.json")
+    return rows
+
+
+def render(results_json: Path) -> str:
+    """Render the results table into docs/README.md and return it."""
+    from medssl.eval.results import load_results, render_results_table
+
+    if not results_json.is_file() or not load_results(results_json):
+        return ""
+    render_results_table(results_json, BUNDLE / "docs" / "README.md")
+    text = (BUNDLE / "docs" / "README.md").read_text()
+    start, end = text.find("<!-- results:start -->"), text.find("<!-- results:end -->")
+    return text[start:end]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study (or one stage of it)."""
+    args = parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    s = settings(args)
+    data = "samples" if args.quick else (args.data or us.default_data(BUNDLE))
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    full = us.is_full_dataset(data) and not args.quick
+    results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
+    command = "python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if args.stage in ("all", "pretrain"):
+        stage_pretrain(data, out, s, args.loc_weight)
+    if args.stage in ("all", "finetune"):
+        stage_finetune(data, out, s, results_json, command, full and not args.no_models and not args.tag, args.tag)
+    if args.stage == "evaluate":  # the shipped checkpoint through the inference path, on the test recordings
+        _log(us.evaluate_model(BUNDLE / "models" / "model.pt", data))
+        return 0
+    if args.stage == "diagnose":
+        stage_diagnose(data, out)
+    if args.stage == "sweep":
+        stage_sweep(data, out, s, args.loc_weight, results_json, command)
+    if full:
+        print(render(results_json))
+        size = sum(p.stat().st_size for p in (BUNDLE / "models").glob("*") if p.is_file())
+        _log({"models_mb": round(size / 2**20, 2), "limit_mb": MODELS_LIMIT / 2**20})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
