@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--threshold", type=float, help="probability threshold for segmentation bundles")
+    p.add_argument("--simulate-blades", type=int, metavar="N",
+                   help="reconstruction bundles: simulate N PROPELLER blades from a magnitude image")
+    p.add_argument("--snr", type=float, metavar="S", help="reconstruction bundles: SNR of the simulated noise")
     _add_run_options(p)
 
     p = sub.add_parser("demo", help=_VERBS["demo"], description=_VERBS["demo"])
@@ -167,6 +170,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "device": args.device,
     }
+    if args.simulate_blades is not None:  # only bundles that simulate k-space read these (unset = their default)
+        if args.simulate_blades < 2:
+            raise MedsslError(f"--simulate-blades must be >= 2, got {args.simulate_blades}")
+        overrides["simulate_blades"] = args.simulate_blades
+    if args.snr is not None:
+        if not args.snr > 0:
+            raise MedsslError(f"--snr must be > 0, got {args.snr}")
+        overrides["snr"] = args.snr
     failed = 0
     for result in run_workflow(args.bundle, "inference", overrides):
         if isinstance(result, dict) and "outputs" in result:

@@ -1,0 +1,645 @@
+"""The bundle's thin module: study images and their fixed split, simulation, training, evaluation, inference.
+
+Everything generic comes from medssl: the PROPELLER physics (:mod:`medssl.transforms.kspace`), operators,
+coil maps, baselines, the unrolled network, the training methods and metrics (:mod:`medssl.mri`), the Trainer
+and seeded loaders (:mod:`medssl.ssl`), results bookkeeping (:mod:`medssl.eval.results`) and the writers of
+:mod:`medssl.io`.
+
+Fixed split of the real images (``../shared/data``; every image is a real MR magnitude image):
+
+- train: ``volumes/nifti/example4d.nii.gz`` volume 0, axial slices 4-19 (16 brain EPI slices, 128x96 padded to
+  square), the 10 frames of ``mri/magnitude_images_dicom/emri_small.dcm``, and 128x128 crops of the sharp
+  ``MR2_UNCR.dcm`` shoulder image at two scales (the 9 crops of its 256² version at stride 64, and the crops of
+  its 512² version at stride 128 that are at least 30 % foreground);
+- test: ``MR-SIEMENS-DICOM-WithOverlays.dcm`` (abdomen), ``MR_small.dcm`` (head) and ``example4d.nii.gz``
+  volume 1 slices 1 and 22 (slices never used for training).
+
+Without ``../shared/data`` (``data="samples"``) the shipped ``MR_small`` and its flips are used for a smoke run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medssl.errors import InputError, MedsslError
+from medssl.mri import (
+    SSDU,
+    BladeDataset,
+    PropellerGeometry,
+    PropellerOperator,
+    ReadoutSplitSSL,
+    SupervisedRecon,
+    UnrolledRecon,
+    birdcage_maps,
+    cartesian_coil_images,
+    cartesian_recon,
+    cartesian_to_blades,
+    cg_sense,
+    denoise_magnitude,
+    estimate_sens_from_blades,
+    image_metrics,
+    reconstruct,
+    simulate_acquisition,
+)
+from medssl.ssl.checkpoint import atomic_write, atomic_write_json
+from medssl.transforms.kspace import body_mask, normalise_magnitude
+
+__all__ = [
+    "TASK",
+    "METHODS",
+    "TRAINED",
+    "default_data",
+    "is_full_dataset",
+    "study_images",
+    "make_acquisitions",
+    "build_network",
+    "build_method",
+    "train",
+    "save_model",
+    "load_model",
+    "conventional",
+    "evaluate",
+    "pretrain",
+    "Inference",
+]
+
+TASK = "propeller_reconstruction"
+METHODS = ("self_supervised", "ssdu", "supervised", "gridding", "gridding_denoise", "cg_sense", "cg_sense_denoise")
+TRAINED = ("self_supervised", "ssdu", "supervised")
+NET_DEFAULTS: dict[str, Any] = {"n_unrolls": 3, "cg_iters": 3, "channels": [16, 32, 64]}
+
+TRAIN_FILES = {"example4d": "volumes/nifti/example4d.nii.gz", "emri": "mri/magnitude_images_dicom/emri_small.dcm",
+               "shoulder": "mri/magnitude_images_dicom/MR2_UNCR.dcm"}
+TEST_FILES = {
+    "abdomen": "mri/magnitude_images_dicom/MR-SIEMENS-DICOM-WithOverlays.dcm",
+    "head": "mri/magnitude_images_dicom/MR_small.dcm",
+}
+TRAIN_SLICES = range(4, 20)
+TEST_SLICES = (1, 22)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def default_data(bundle_root: str | os.PathLike[str]) -> str:
+    """``../shared/data`` beside the checkout when it holds the study images, else ``"samples"``."""
+    shared = Path(bundle_root).resolve().parents[1].parent / "shared" / "data"
+    return os.fspath(shared) if is_full_dataset(shared) else "samples"
+
+
+def is_full_dataset(data: str | os.PathLike[str]) -> bool:
+    """Whether ``data`` holds every file of the fixed split."""
+    if os.fspath(data) == "samples":
+        return False
+    root = Path(data)
+    return all((root / f).is_file() for f in (*TRAIN_FILES.values(), *TEST_FILES.values()))
+
+
+def _slice_xy(vol: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of an ``(x, y, z[, t])`` NIfTI array as ``(y, x)`` rows, superior up."""
+    return np.flipud(np.asarray(vol[:, :, z]).T)
+
+
+def study_images(
+    data: str | os.PathLike[str], size: int
+) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+    """The fixed ``(train, test)`` split as lists of ``(name, magnitude [size, size] in [0, 1])``."""
+    from medssl.io import load
+
+    if os.fspath(data) == "samples" or not is_full_dataset(data):
+        from medssl import samples
+
+        img = np.asarray(load(samples.mr_small()).array, np.float32)
+        train = [(f"mr_small_{k}", normalise_magnitude(np.rot90(img, k), size)) for k in (1, 2, 3)]
+        train.append(("mr_small_flip", normalise_magnitude(img[:, ::-1], size)))
+        return train, [("mr_small", normalise_magnitude(img, size))]
+    root = Path(data)
+    train: list[tuple[str, torch.Tensor]] = []
+    vol = np.asarray(load(root / TRAIN_FILES["example4d"]).array, np.float32)
+    for z in TRAIN_SLICES:
+        train.append((f"example4d_v0_z{z}", normalise_magnitude(_slice_xy(vol[..., 0], z), size)))
+    emri = np.asarray(load(root / TRAIN_FILES["emri"]).array, np.float32)
+    for i in range(emri.shape[0]):
+        train.append((f"emri_f{i}", normalise_magnitude(emri[i], size)))
+    shoulder = np.asarray(load(root / TRAIN_FILES["shoulder"]).array, np.float32)
+    for scale, stride, min_fg in ((2, 1, 0.0), (4, 2, 0.3)):  # crops of the 2x / 4x size version
+        big = normalise_magnitude(shoulder, scale * size)
+        step = size // 2 * stride
+        for i in range(0, scale * size - size + 1, step):
+            for j in range(0, scale * size - size + 1, step):
+                crop = big[i : i + size, j : j + size]
+                if float((crop > 0.1).float().mean()) >= min_fg:
+                    train.append((f"shoulder_x{scale}_{i}_{j}", normalise_magnitude(crop.numpy(), size)))
+    test: list[tuple[str, torch.Tensor]] = []
+    for name, rel in TEST_FILES.items():
+        test.append((name, normalise_magnitude(np.asarray(load(root / rel).array, np.float32), size)))
+    for z in TEST_SLICES:
+        test.append((f"example4d_v1_z{z}", normalise_magnitude(_slice_xy(vol[..., 1], z), size)))
+    return train, test
+
+
+def make_acquisitions(
+    images: Sequence[tuple[str, torch.Tensor]], geometry: PropellerGeometry, snrs: Sequence[float], seed: int,
+    n_coils: int = 8,
+) -> list[dict[str, Any]]:
+    """One simulated noisy acquisition per image and SNR (phase and noise drawn from ``seed``)."""
+    sens = birdcage_maps(n_coils, geometry.im_size)
+    op = PropellerOperator(geometry.trajectory(), geometry.im_size, sens, normalise_dcf=False, toeplitz=False)
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for snr in snrs:
+        for name, mag in images:
+            acq = simulate_acquisition(mag, geometry, sens, snr, generator=g, op=op)
+            acq.update({"name": name, "snr": float(snr)})
+            out.append(acq)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def build_network(**overrides: Any) -> UnrolledRecon:
+    """The unrolled network with the bundle's defaults (``n_unrolls``, ``cg_iters``, ``channels``)."""
+    cfg = {**NET_DEFAULTS, **overrides}
+    return UnrolledRecon(n_unrolls=int(cfg["n_unrolls"]), cg_iters=int(cfg["cg_iters"]),
+                         channels=tuple(cfg["channels"]))
+
+
+def build_method(method: str, network: UnrolledRecon, geometry: PropellerGeometry, blades: torch.Tensor,
+                 seed: int = 0, split: str = "interleaved") -> torch.nn.Module:
+    """The training objective ``method`` over the blades in use."""
+    traj = geometry.trajectory(blades)
+    shape = geometry.sample_shape(len(blades))
+    if method == "self_supervised":
+        return ReadoutSplitSSL(network, traj, shape, geometry.im_size, mode=split)
+    if method == "ssdu":
+        return SSDU(network, traj, shape, geometry.im_size, coords=geometry.coordinates(blades), rho=0.4, seed=seed)
+    if method == "supervised":
+        return SupervisedRecon(network, traj, geometry.im_size)
+    raise ValueError(f"unknown trained method {method!r}; one of {TRAINED}")
+
+
+def train(
+    method: torch.nn.Module, dataset: BladeDataset, output_dir: str | os.PathLike[str], max_steps: int,
+    lr: float = 1e-3, batch_size: int = 1, seed: int = 0, device: str = "cpu", resume: bool = False,
+) -> dict[str, list[float]]:
+    """Train with the shared :class:`medssl.ssl.trainer.Trainer` (Adam, warm-up + cosine, grad clip 1)."""
+    from torch.utils.data import default_collate
+
+    from medssl.ssl.sampler import make_loader
+    from medssl.ssl.trainer import Trainer
+
+    loader = make_loader(dataset, batch_size=min(batch_size, len(dataset)), collate_fn=default_collate, seed=seed)
+    trainer = Trainer(method, loader, lambda p: torch.optim.Adam(p, lr=lr), max_steps=max_steps,
+                      output_dir=output_dir, ckpt_every=max_steps, log_every=10, device=device, seed=seed,
+                      grad_clip=1.0, warmup_steps=max(1, max_steps // 20), progress=False)
+    try:
+        history = trainer.fit(resume=resume)
+    finally:
+        trainer.close()
+    method.cpu()
+    return {k: [float(v) for v in vals] for k, vals in history.items() if k == "loss"}
+
+
+def save_model(path: str | os.PathLike[str], network: UnrolledRecon, info: dict[str, Any]) -> Path:
+    """Write the network's state dict (``.pt``) and its settings (``.json`` beside it), atomically."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    atomic_write(path, lambda fh: torch.save(state, fh))
+    meta = {"network": {"n_unrolls": network.n_unrolls, "cg_iters": network.cg_iters,
+                        "channels": list(network.channels)}, **info}
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def load_model(path: str | os.PathLike[str], info: str | os.PathLike[str] | None = None) -> tuple[UnrolledRecon, dict]:
+    """The network from a state dict (``weights_only=True``) and its settings JSON."""
+    p = Path(path)
+    if not p.is_file():
+        raise MedsslError(f"{p}: model checkpoint not found (train it: medssl pretrain propeller_mri_reconstruction)")
+    meta_path = Path(info) if info else p.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"network": NET_DEFAULTS}
+    net = build_network(**meta.get("network", {}))
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - report as one line
+        raise MedsslError(f"{p}: not a checkpoint of this network ({type(exc).__name__})") from None
+    net.eval()
+    return net, meta
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def conventional(
+    op: PropellerOperator, kspace: torch.Tensor, lam: float, n_iter: int, denoiser: str = "nlm", strength: float = 0.8,
+) -> dict[str, np.ndarray]:
+    """Gridding, CG-SENSE and each followed by the classic denoiser, as magnitude images."""
+    grid = op.gridding(kspace).abs()[0].numpy()
+    cg = cg_sense(op, kspace, lam=lam, n_iter=n_iter).abs()[0].numpy()
+    return {"gridding": grid, "gridding_denoise": denoise_magnitude(grid, denoiser, strength),
+            "cg_sense": cg, "cg_sense_denoise": denoise_magnitude(cg, denoiser, strength)}
+
+
+def tune_conventional(
+    acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
+    lams: Sequence[float] = (0.0, 0.1, 0.3, 1.0, 3.0), iters: Sequence[int] = (3, 5, 10, 20),
+    strengths: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0), denoisers: Sequence[str] = ("nlm", "tv"),
+) -> dict[str, Any]:
+    """Choose CG-SENSE's ``lam`` / iterations and the denoiser by mean PSNR on (training) acquisitions."""
+    op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, acqs[0]["sens"])
+    best: dict[str, Any] = {}
+    scores: dict[tuple[float, int], float] = {}
+    for lam in lams:
+        for it in iters:
+            vals = []
+            for a in acqs:
+                y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
+                x = cg_sense(op.with_sens(a["sens"]), y, lam=lam, n_iter=it).abs()[0]
+                vals.append(image_metrics(x, a["magnitude"], a["mask"])["psnr"])
+            scores[(lam, it)] = float(np.mean(vals))
+    lam, it = max(scores, key=scores.get)
+    best.update({"lam": lam, "n_iter": it, "cg_psnr": scores[(lam, it)]})
+    den: dict[tuple[str, float], float] = {}
+    cgs = []
+    for a in acqs:
+        y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
+        cgs.append((cg_sense(op.with_sens(a["sens"]), y, lam=lam, n_iter=it).abs()[0].numpy(), a))
+    for d in denoisers:
+        for s in strengths:
+            den[(d, s)] = float(np.mean([image_metrics(denoise_magnitude(x, d, s), a["magnitude"], a["mask"])["psnr"]
+                                         for x, a in cgs]))
+    d, s = max(den, key=den.get)
+    best.update({"denoiser": d, "strength": s, "denoise_psnr": den[(d, s)]})
+    return best
+
+
+def evaluate(
+    acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
+    networks: dict[str, UnrolledRecon] | None = None, conv: dict[str, Any] | None = None,
+    keep_images: bool = False,
+) -> dict[str, Any]:
+    """Metrics of every method on ``acqs`` (per image), optionally the images themselves.
+
+    Returns:
+        ``{"metrics": {method: {metric: [value per acquisition]}}, "images": {method: [magnitude, ...]}}``.
+    """
+    op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, acqs[0]["sens"])
+    metrics: dict[str, dict[str, list[float]]] = {}
+    images: dict[str, list[np.ndarray]] = {}
+
+    def add(name: str, img: np.ndarray, a: dict[str, Any]) -> None:
+        m = image_metrics(img, a["magnitude"], a["mask"])
+        for k, v in m.items():
+            metrics.setdefault(name, {}).setdefault(k, []).append(float(v))
+        if keep_images:
+            images.setdefault(name, []).append(img)
+
+    for a in acqs:
+        o = op.with_sens(a["sens"])
+        y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
+        if conv is not None:
+            imgs = conventional(o, y, conv["lam"], conv["n_iter"], conv["denoiser"], conv["strength"])
+            for name, img in imgs.items():
+                add(name, img, a)
+        for name, net in (networks or {}).items():
+            with torch.no_grad():
+                add(name, reconstruct(net, o, y).abs()[0].numpy(), a)
+        if keep_images:
+            images.setdefault("reference", []).append(a["magnitude"].numpy())
+    return {"metrics": metrics, "images": images}
+
+
+# ----------------------------------------------------------------------------------------------- bundle workflows
+
+
+def pretrain(
+    data: str | os.PathLike[str], output_dir: str | os.PathLike[str], method: str = "self_supervised",
+    blade_fraction: float = 0.5, snrs: Sequence[float] = (10.0, 20.0), max_steps: int = 300, im_size: int = 128,
+    n_blades: int = 16, n_lines: int = 12, n_coils: int = 8, lr: float = 1e-3, n_readout: int | None = None,
+    batch_size: int = 1, seed: int = 0,
+    device: str = "cpu", resume: bool = False, network: dict[str, Any] | None = None,
+    train_limit: int | None = None, label_fraction: float = 1.0, init_checkpoint: str | None = None,
+    evaluate_test: bool = False,
+) -> dict[str, Any]:
+    """Train the network on the training images' simulated noisy blades; writes ``output_dir/model.pt``.
+
+    Args:
+        data: ``../shared/data`` (the fixed split) or ``"samples"``.
+        output_dir: run folder (Trainer logs, ``model.pt`` + ``model.json``).
+        method: ``self_supervised`` (readout split), ``ssdu`` or ``supervised`` (clean targets).
+        blade_fraction: fraction of the blades used (every other blade at 0.5).
+        snrs: SNRs of the simulated training acquisitions (one noisy acquisition per image and SNR).
+        max_steps: optimisation steps.
+        im_size: image matrix.
+        n_blades: blades of the full acquisition.
+        n_lines: lines per blade.
+        n_coils: birdcage coils.
+        lr: Adam learning rate.
+        n_readout: readout samples (default ``2 * im_size``: 2x oversampled readout).
+        batch_size: acquisitions per step.
+        seed: seed of the network, the noise / phase draws and the data order.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        resume: continue from ``output_dir/checkpoints/last.pt``.
+        network: overrides of the network settings (``n_unrolls``, ``cg_iters``, ``channels``).
+        train_limit: use only the first N training images.
+        label_fraction: for ``supervised``: the fraction of training images whose clean image is used.
+        init_checkpoint: start from these weights (e.g. the self-supervised model, for supervised fine-tuning).
+        evaluate_test: also report the mean test PSNR of the trained network (at the first SNR).
+
+    Returns:
+        ``{"model": path, "loss_first", "loss_last", "seconds", "train_images"[, "test_psnr"]}``.
+    """
+    t0 = time.time()
+    geometry = PropellerGeometry(n_blades, n_lines, n_readout or 2 * im_size, im_size)
+    train_imgs, test_imgs = study_images(data, im_size)
+    if train_limit:
+        train_imgs = train_imgs[: int(train_limit)]
+    if method == "supervised" and label_fraction < 1.0:
+        g = torch.Generator().manual_seed(seed)
+        keep = max(1, int(round(label_fraction * len(train_imgs))))
+        idx = sorted(torch.randperm(len(train_imgs), generator=g)[:keep].tolist())
+        train_imgs = [train_imgs[i] for i in idx]
+    torch.manual_seed(seed)
+    blades = geometry.blades(blade_fraction)
+    acqs = make_acquisitions(train_imgs, geometry, snrs, seed=1000 + seed, n_coils=n_coils)
+    net = build_network(**(network or {}))
+    if init_checkpoint:
+        net, _ = load_model(init_checkpoint)
+    m = build_method(method, net, geometry, blades, seed=seed)
+    hist = train(m, BladeDataset(acqs, blades), output_dir, max_steps, lr=lr, batch_size=batch_size, seed=seed,
+                 device=device, resume=resume)
+    losses = hist.get("loss", [])
+    info = {"method": method, "blade_fraction": blade_fraction, "snrs": list(snrs), "steps": max_steps,
+            "geometry": {"n_blades": n_blades, "n_lines": n_lines, "n_readout": geometry.n_readout, "im_size": im_size,
+                         "n_coils": n_coils},
+            "train_images": [n for n, _ in train_imgs], "seed": seed, "readout_split": "interleaved",
+            "init": init_checkpoint or "scratch"}
+    path = save_model(Path(output_dir) / "model.pt", net, info)
+    k = max(1, min(10, len(losses) // 2))
+    out = {"model": os.fspath(path), "loss_first": float(np.mean(losses[:k])) if losses else math.nan,
+           "loss_last": float(np.mean(losses[-k:])) if losses else math.nan, "seconds": round(time.time() - t0, 1),
+           "train_images": len(train_imgs), "losses": [round(v, 6) for v in losses]}
+    if evaluate_test:
+        net.eval()
+        test = make_acquisitions(test_imgs, geometry, snrs[:1], seed=2000 + seed, n_coils=n_coils)
+        res = evaluate(test, geometry, blades, networks={method: net})
+        out["test_psnr"] = float(np.mean(res["metrics"][method]["psnr"]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- inference
+
+
+def _lines_for(im_size: int) -> int:
+    """Blade width used for measured / simulated inputs: 24 lines at 256² (3/32 of k-space), at least 4."""
+    return max(4, int(round(24 * im_size / 256)))
+
+
+class Inference:
+    """``medssl infer propeller_mri_reconstruction``: .npz blades, twix raw data, or simulation from magnitude.
+
+    Args:
+        inputs: paths.
+        output_dir: where ``<stem>_recon.nii.gz`` and ``<stem>_panel.png`` go.
+        checkpoint / model_info: the network (``models/model.pt`` + ``.json``).
+        simulate_blades / snr: blades and SNR for magnitude DICOM / NIfTI inputs (simulation mode).
+        blade_fraction: blades used; ``None`` = all of a measured input, half of a simulated one.
+        max_size: magnitude images larger than this are resampled down to it (CPU time).
+        device: ``cpu`` / ``cuda`` / ``auto``.
+        seed: noise and phase seed of simulation mode.
+    """
+
+    def __init__(
+        self, inputs: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str], model_info: str | os.PathLike[str] | None = None,
+        simulate_blades: int | None = 16, snr: float | None = 20.0, blade_fraction: float | None = None,
+        max_size: int = 256, device: str = "cpu", seed: int = 0, n_coils: int = 8,
+    ) -> None:
+        self.inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        self.output_dir = Path(output_dir)
+        self.checkpoint = checkpoint
+        self.model_info = model_info
+        self.simulate_blades = simulate_blades
+        self.snr = snr
+        self.blade_fraction = blade_fraction
+        self.max_size = int(max_size)
+        self.device = "cpu" if device in ("auto", None) and not torch.cuda.is_available() else (
+            "cuda" if device == "auto" else device)
+        self.seed = int(seed)
+        self.n_coils = int(n_coils)
+
+    # ---- readers -> a common "case": kspace [C, nb, L, M], geometry, sens or None, reference, affine
+
+    def _case_npz(self, rec: Any, path: Path) -> dict[str, Any]:
+        k = np.asarray(rec.array)
+        if k.ndim != 4 or not np.iscomplexobj(k):
+            raise InputError(path, f"'kspace' must be complex [coils, blades, lines, readout], got {k.dtype} {k.shape}")
+        c, nb, nl, nr = k.shape
+        angles = rec.aux.get("angles")
+        if angles is None or np.asarray(angles).size != nb:
+            raise InputError(path, f"'angles' must hold one angle (radians) per blade ({nb})")
+        sens = rec.aux.get("sens")
+        n = int(sens.shape[-1]) if sens is not None else nr
+        if sens is not None and tuple(sens.shape) != (c, n, n):
+            raise InputError(path, f"'sens' must be [coils, N, N] = [{c}, N, N], got {tuple(sens.shape)}")
+        if not np.isfinite(k).all():
+            raise InputError(path, "k-space holds NaN or infinite values")
+        geometry = PropellerGeometry(nb, nl, nr, n)
+        return {"kspace": torch.from_numpy(k.astype(np.complex64)), "geometry": geometry,
+                "angles": torch.as_tensor(np.asarray(angles, np.float32)).reshape(-1),
+                "sens": None if sens is None else torch.from_numpy(np.asarray(sens, np.complex64)),
+                "reference": None, "affine": None, "kind": "measured blades (.npz)"}
+
+    def _case_twix(self, rec: Any, path: Path) -> dict[str, Any]:
+        """Cartesian raw data (twix, or an .npz with coil / line / readout axes) resampled onto 16 blades."""
+        osf = (rec.meta.extra or {}).get("readout_oversampling")
+        if not osf:  # twix stores it; for a bare .npz assume 2x when the readout is twice the lines (Siemens)
+            ax = tuple(rec.meta.axes)
+            n_ro, n_ln = rec.array.shape[ax.index("readout")], rec.array.shape[ax.index("line")]
+            osf = 2.0 if rec.meta.source.format == "twix" or n_ro >= 2 * n_ln else 1.0
+        osf = float(osf)
+        coil_imgs = cartesian_coil_images(np.asarray(rec.array), rec.meta.axes, osf)
+        ref = cartesian_recon(np.asarray(rec.array), rec.meta.axes, osf)
+        n = max(coil_imgs.shape[1:])
+        n += n % 4
+        geometry = PropellerGeometry(16, _lines_for(n), 2 * n, n)  # readout 2x oversampled, as acquired
+        k, _ = cartesian_to_blades(coil_imgs, geometry)
+        h, w = ref.shape
+        sq = np.zeros((n, n), np.float32)
+        sq[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = ref
+        return {"kspace": k, "geometry": geometry, "angles": None, "sens": None, "reference": sq, "affine": None,
+                "kind": f"Cartesian {rec.meta.source.format} raw data, {coil_imgs.shape[0]} coils, resampled onto "
+                        "16 blades (reference: Cartesian RSS)"}
+
+    def _case_magnitude(self, rec: Any, path: Path) -> dict[str, Any]:
+        if not self.simulate_blades or not self.snr:
+            raise InputError(path, "a magnitude image needs simulation mode: --simulate-blades N --snr S")
+        arr = np.asarray(rec.array, np.float32)
+        axes = tuple(rec.meta.axes)
+        affine = None if rec.meta.affine is None else np.asarray(rec.meta.affine, np.float64)
+        if "channel" in axes:
+            arr = arr.mean(axis=axes.index("channel"))
+            axes = tuple(a for a in axes if a != "channel")
+        if axes[:2] == ("x", "y"):  # NIfTI: middle slice (and first volume), rows = y
+            while arr.ndim > 3:
+                arr = arr[..., 0]
+            z = arr.shape[2] // 2 if arr.ndim == 3 else 0
+            img = arr[:, :, z].T if arr.ndim == 3 else arr.T
+            if affine is not None:  # (row=y, col=x) index -> RAS
+                affine = affine @ np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, z], [0, 0, 0, 1]], np.float64)
+        else:
+            if arr.ndim == 3:
+                arr = arr[arr.shape[0] // 2]
+                if affine is not None:
+                    affine = None
+            img = arr
+        if img.ndim != 2 or min(img.shape) < 16:
+            raise InputError(path, f"not a 2-D image large enough to simulate blades (shape {img.shape})")
+        if not np.isfinite(img).all():
+            raise InputError(path, "image holds NaN or infinite values")
+        h, w = img.shape
+        n0 = max(h, w)
+        n = min(self.max_size, n0)
+        n -= n % 4
+        mag = normalise_magnitude(img, n)
+        if affine is not None and affine.shape == (4, 4):
+            f = n0 / n  # out index i -> padded index (i + 0.5) f - 0.5 -> source index minus the pad
+            m = np.eye(4)
+            m[0, 0] = m[1, 1] = f
+            m[0, 3] = 0.5 * f - 0.5 - (n0 - h) / 2
+            m[1, 3] = 0.5 * f - 0.5 - (n0 - w) / 2
+            affine = affine @ m
+        else:
+            affine = None
+        geometry = PropellerGeometry(int(self.simulate_blades), _lines_for(n), 2 * n, n)
+        sens = birdcage_maps(self.n_coils, n)
+        acq = simulate_acquisition(mag, geometry, sens, float(self.snr), torch.Generator().manual_seed(self.seed))
+        return {"kspace": acq["kspace"], "geometry": geometry, "angles": None, "sens": None,
+                "reference": mag.numpy(), "affine": affine,
+                "kind": f"simulated: {self.simulate_blades} blades, SNR {self.snr:g}, {self.n_coils} birdcage coils"}
+
+    def _case(self, path: Path) -> dict[str, Any]:
+        from medssl.io import load
+
+        rec = load(path)
+        fmt = rec.meta.source.format.lower()
+        if rec.meta.modality == "KSPACE":
+            if fmt == "twix":
+                return self._case_twix(rec, path)
+            if "angles" in rec.aux:
+                return self._case_npz(rec, path)
+            if all(a in rec.meta.axes for a in ("coil", "line", "readout")):
+                return self._case_twix(rec, path)
+            raise InputError(path, "k-space .npz without PROPELLER keys (need 'kspace' [coils, blades, lines, "
+                                   "readout] and 'angles') or Cartesian coil / line / readout axes")
+        if rec.meta.modality in ("ECG", "SEG", "RTDOSE") or rec.meta.sampling_rate:
+            raise InputError(path, f"not an MR image or k-space ({rec.meta.modality})")
+        return self._case_magnitude(rec, path)
+
+    # ---- reconstruction
+
+    def _reconstruct(self, case: dict[str, Any], net: UnrolledRecon, simulated: bool) -> dict[str, np.ndarray]:
+        g: PropellerGeometry = case["geometry"]
+        frac = self.blade_fraction if self.blade_fraction else (0.5 if simulated else 1.0)
+        blades = g.blades(frac)
+        from medssl.transforms.kspace import propeller_coordinates
+
+        coords = propeller_coordinates(g.n_blades, g.n_lines, g.n_readout, g.im_size, case["angles"])
+        traj = coords[blades].reshape(-1, 2).T.contiguous()
+        k = case["kspace"][:, blades].reshape(1, case["kspace"].shape[0], -1)
+        op = PropellerOperator(traj, g.im_size, None)
+        sens = case["sens"]
+        if sens is None:
+            sens = estimate_sens_from_blades(op, k[0])
+        op = op.with_sens(sens)
+        dev = torch.device(self.device)
+        with torch.no_grad():
+            grid = op.gridding(k).abs()[0].numpy()
+            rec = reconstruct(net.to(dev), op.to(dev), k.to(dev)).abs()[0].cpu().numpy()
+        return {"gridding": grid, "recon": rec, "n_blades_used": np.asarray(len(blades))}
+
+    def _panel(self, path: Path, case: dict[str, Any], out: dict[str, np.ndarray]) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from medssl.io.writers import atomic_path
+
+        ref = case["reference"]
+        panels = [("gridding", out["gridding"]), ("unrolled network (ours)", out["recon"])]
+        if ref is not None:
+            panels.append(("reference", ref))
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
+        for ax, (title, img) in zip(np.atleast_1d(axes), panels, strict=True):
+            shown = img
+            if ref is not None and title != "reference":
+                from medssl.mri import image_metrics, scale_fit
+
+                shown = img * scale_fit(img, ref)
+                m = image_metrics(img, ref, body_mask(ref))
+                title += f"\nPSNR {m['psnr']:.1f} dB, SSIM {m['ssim']:.3f}"
+            vmax = float(np.percentile(ref if ref is not None else shown, 99.5)) or None
+            ax.imshow(shown, cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        n_used = int(out["n_blades_used"])
+        fig.suptitle(f"{path.name}: {case['kind']}; reconstructed from {n_used} of {case['geometry'].n_blades} "
+                     "blades", fontsize=9)
+        dest = self.output_dir / f"{_stem(path)}_panel.png"
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+        plt.close(fig)
+        return dest
+
+    def run(self) -> dict[str, Any]:
+        """Process every input; bad ones get one line on stderr and are listed under ``failed``."""
+        from medssl.io import write_nifti
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        net, _ = load_model(self.checkpoint, self.model_info)
+        outputs: dict[str, dict[str, str]] = {}
+        failed: list[str] = []
+        for p in self.inputs:
+            path = Path(p)
+            try:
+                if not path.exists():
+                    raise InputError(path, "file not found")
+                case = self._case(path)
+                simulated = case["kind"].startswith("simulated")
+                out = self._reconstruct(case, net, simulated)
+                stem = _stem(path)
+                rec = out["recon"].astype(np.float32)
+                nii = write_nifti(self.output_dir / f"{stem}_recon.nii.gz", rec, case["affine"])
+                png = self._panel(path, case, out)
+                outputs[os.fspath(p)] = {"recon_nifti": os.fspath(nii), "panel_png": os.fspath(png)}
+            except (InputError, MedsslError) as exc:
+                print(" ".join(str(exc).split()), file=sys.stderr, flush=True)
+                failed.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - the contract: one line per bad input, never a traceback
+                if os.environ.get("MEDSSL_DEBUG"):
+                    raise
+                msg = f"{p}: cannot reconstruct: {type(exc).__name__}: {exc}"
+                print(" ".join(msg.split()), file=sys.stderr, flush=True)
+                failed.append(msg)
+        return {"outputs": outputs, "failed": failed}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in (".nii.gz", ".dcm.gz", ".nii", ".dcm", ".npz", ".dat"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return path.stem

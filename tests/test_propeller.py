@@ -1,0 +1,274 @@
+"""propeller_mri_reconstruction: NUFFT operator, blade geometry, splits, reconstruction, training, twix, metadata."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medssl import samples
+from medssl.io import load
+from medssl.mri import (
+    BladeDataset,
+    PropellerGeometry,
+    PropellerOperator,
+    ReadoutSplitSSL,
+    UnrolledRecon,
+    birdcage_maps,
+    cartesian_coil_images,
+    cartesian_recon,
+    cartesian_to_blades,
+    cg_sense,
+    estimate_sens_from_blades,
+    image_metrics,
+    simulate_acquisition,
+)
+from medssl.transforms.kspace import (
+    blade_angles,
+    blade_subset,
+    body_mask,
+    noise_sigma_for_snr,
+    normalise_magnitude,
+    propeller_coordinates,
+    readout_split,
+    ssdu_split,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "propeller_mri_reconstruction"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def mr64() -> torch.Tensor:
+    return normalise_magnitude(load(samples.mr_small()).array, 64)
+
+
+def test_nufft_adjoint_identity_and_toeplitz():
+    g = torch.Generator().manual_seed(0)
+    geo = PropellerGeometry(8, 6, 48, 48)
+    sens = birdcage_maps(4, 48)
+    op = PropellerOperator(geo.trajectory(), 48, sens)
+    x = torch.randn(2, 48, 48, dtype=torch.complex64, generator=g)
+    y = torch.randn(2, 4, op.n_samples, dtype=torch.complex64, generator=g)
+    lhs = torch.vdot(op.forward(x).flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
+    assert abs(lhs - rhs) / abs(lhs) < 1e-4
+    # the Toeplitz-embedded normal operator equals A^H W A
+    direct = op.adjoint(op.dcf * op.forward(x))
+    assert (op.normal(x) - direct).abs().norm() / direct.abs().norm() < 1e-3
+    # unitary scaling: on a Nyquist Cartesian grid the NUFFT preserves the norm (noise sigma = image sigma)
+    k = (torch.arange(48) - 24) * (2 * math.pi / 48)
+    cart = torch.stack(torch.meshgrid(k, k, indexing="ij")).reshape(2, -1)
+    single = PropellerOperator(cart, 48, None, dcf=torch.ones(cart.shape[1]), normalise_dcf=False, toeplitz=False)
+    ratio = single.forward(x).abs().norm() / x.abs().norm()
+    assert abs(float(ratio) - 1.0) < 1e-3
+
+
+def test_blade_geometry_angles_and_centre():
+    n, nb, nl, nr = 64, 12, 8, 64
+    ang = blade_angles(nb)
+    assert torch.allclose(ang, torch.arange(nb) * math.pi / nb)
+    assert float(ang.max()) < math.pi  # 180 degrees, not 360
+    c = propeller_coordinates(nb, nl, nr, n)
+    assert c.shape == (nb, nl, nr, 2)
+    step = 2 * math.pi / n
+    for b in range(nb):
+        t = float(ang[b])
+        # every blade passes through the k-space centre
+        r = c[b].norm(dim=-1)
+        assert float(r.min()) <= step / 2 + 1e-6
+        # readout direction (sin t, cos t), lines Nyquist-spaced across it
+        d = c[b, 0, 1] - c[b, 0, 0]
+        assert torch.allclose(d / d.norm(), torch.tensor([math.sin(t), math.cos(t)]), atol=1e-4)
+        dl = c[b, 1, 0] - c[b, 0, 0]
+        assert abs(float(dl.norm()) - step) < 1e-4
+    # the central disc of radius (lines / 2) Nyquist steps is covered by every blade (PROPELLER's redundancy)
+    covered = (c.norm(dim=-1) < (nl / 2 - 1) * step).flatten(1).sum(1)
+    assert bool((covered > 0).all())
+    assert blade_subset(16, 0.5).tolist() == list(range(0, 16, 2))
+    assert blade_subset(16, 1.0).tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("mode", ["interleaved", "contiguous"])
+def test_readout_halves_disjoint_cover_blade_and_centre(mode):
+    nb, nl, nr, n = 6, 8, 64, 64
+    a, b = readout_split(nb, nl, nr, mode=mode)
+    assert a.shape == b.shape == (nb, nl, nr)
+    assert not bool((a & b).any())
+    assert bool((a | b).all())
+    assert int(a.sum()) == int(b.sum()) == nb * nl * nr // 2
+    swapped = readout_split(nb, nl, nr, mode=mode, swap=True)
+    assert torch.equal(swapped[0], b) and torch.equal(swapped[1], a)
+    r = propeller_coordinates(nb, nl, nr, n).norm(dim=-1)
+    step = 2 * math.pi / n
+    for s in (a, b):  # both sets inform the k-space centre
+        assert float(r[s].min()) <= step + 1e-6
+    g = torch.Generator().manual_seed(0)
+    theta, lam = ssdu_split((nb, nl, nr), rho=0.4, coords=propeller_coordinates(nb, nl, nr, n), generator=g,
+                            centre_radius=0.1)
+    assert not bool((theta & lam).any()) and bool((theta | lam).all())
+    assert abs(float(lam.float().mean()) - 0.4) < 0.01
+    assert float(r[lam].min()) >= 0.1
+
+
+def test_noiseless_fully_sampled_reconstructs(mr64):
+    geo = PropellerGeometry(16, 8, 64, 64)  # 16 x 8 lines >= pi/2 x 64: Nyquist everywhere
+    sens = birdcage_maps(8, 64)
+    acq = simulate_acquisition(mr64, geo, sens, snr=None, generator=torch.Generator().manual_seed(0))
+    op = PropellerOperator(geo.trajectory(), 64, sens)
+    y = acq["kspace"].reshape(1, 8, -1)
+    x = cg_sense(op, y, lam=0.0, n_iter=30)[0]
+    truth = acq["image"]
+    nmse = float((x - truth).abs().pow(2).sum() / truth.abs().pow(2).sum())
+    assert nmse < 2e-3, nmse
+    # gridding alone is close too, and estimated coil maps give the same image
+    grid = op.gridding(y)[0]
+    assert image_metrics(grid, truth, acq["mask"])["nmse"] < 0.02
+    est = estimate_sens_from_blades(op, y[0])
+    x2 = cg_sense(op.with_sens(est), y, lam=0.0, n_iter=30)[0]
+    assert image_metrics(x2, truth, acq["mask"])["nmse"] < 0.02
+
+
+def test_snr_definition_sets_image_noise(mr64):
+    geo = PropellerGeometry(8, 8, 64, 64)
+    sens = birdcage_maps(4, 64)
+    g = torch.Generator().manual_seed(1)
+    acq = simulate_acquisition(mr64, geo, sens, snr=10.0, generator=g)
+    noise = acq["kspace"] - acq["clean_kspace"]
+    sigma = noise_sigma_for_snr(acq["image"], acq["mask"], 10.0)
+    assert abs(float(noise.abs().pow(2).mean().sqrt()) / sigma - 1.0) < 0.02
+    mask = body_mask(mr64)
+    assert 0.2 < float(mask.float().mean()) < 0.95
+
+
+def test_twenty_training_steps_lower_kspace_loss(mr64):
+    torch.manual_seed(0)
+    geo = PropellerGeometry(8, 6, 64, 64)
+    sens = birdcage_maps(4, 64)
+    acq = simulate_acquisition(mr64, geo, sens, snr=20.0, generator=torch.Generator().manual_seed(2))
+    blades = geo.blades(1.0)
+    ds = BladeDataset([acq], blades)
+    batch = {k: v[None] for k, v in ds[0].items()}
+    net = UnrolledRecon(n_unrolls=2, cg_iters=2, channels=(8, 16))
+    method = ReadoutSplitSSL(net, geo.trajectory(blades), geo.sample_shape(len(blades)), 64, swap=False)
+    with torch.no_grad():
+        before = float(method(batch)["loss"])
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(20):
+        loss = method(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(method(batch)["loss"])
+    assert math.isfinite(after) and after < 0.98 * before, (before, after)
+
+
+def test_twix_gre_reconstructs_phantom_and_propeller_path():
+    rec = load(samples.twix_gre())
+    osf = float(rec.meta.extra.get("readout_oversampling") or 2.0)
+    img = cartesian_recon(rec.array, rec.meta.axes, osf)
+    assert img.shape == (160, 160)
+    # not noise: the phantom's edges dominate the gradient (noise alone gives a ratio of about 2-3)
+    gy, gx = np.gradient(img.astype(np.float64))
+    grad = np.hypot(gx, gy)
+    assert np.percentile(grad, 99) / np.median(grad) > 8
+    # and the image is bright inside the phantom, dark outside
+    assert img[60:100, 60:100].mean() > 4 * np.median(img[:8, :8])
+    # resampled onto blades and through the PROPELLER path, gridding matches the Cartesian image
+    coil = cartesian_coil_images(rec.array, rec.meta.axes, osf)
+    geo = PropellerGeometry(16, 16, 160, 160)
+    k, _ = cartesian_to_blades(coil, geo)
+    op = PropellerOperator(geo.trajectory(), 160, None)
+    y = k.reshape(1, k.shape[0], -1)
+    op = op.with_sens(estimate_sens_from_blades(op, y[0]))
+    grid = op.gridding(y).abs()[0].numpy()
+    corr = np.corrcoef(grid.ravel(), img.ravel())[0, 1]
+    assert corr > 0.9, corr
+
+
+def test_demo_uses_moved_cartesian_recon():
+    import medssl.demo as demo
+    from medssl.mri import data
+
+    assert demo.cartesian_recon is data.cartesian_recon
+
+
+def test_metadata_validates_and_configs_parse():
+    from medssl.bundles import load_bundle_config, verify_metadata
+
+    verify_metadata(BUNDLE / "configs" / "metadata.json")
+    for wf in ("pretrain", "finetune", "inference", "multi_gpu_pretrain"):
+        parser = load_bundle_config("propeller_mri_reconstruction", wf)
+        assert "run" in parser
+    net = load_bundle_config("propeller_mri_reconstruction", "inference").get_parsed_content("network_def")
+    out = net(torch.zeros(1, 2, 32, 32))
+    assert out.shape == (1, 2, 32, 32)
+
+
+def test_infer_cli_twix_and_bad_input(tmp_path, capsys):
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        pytest.skip("models/model.pt not trained yet (scripts/experiment.py writes it)")
+    from medssl.cli import main
+
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not a dicom at all")
+    rc = main(["infer", "propeller_mri_reconstruction", str(samples.twix_gre()), str(bad), "--out",
+               str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "broken.dcm" in err[0]
+    assert (tmp_path / "out" / "gre_recon.nii.gz").is_file()
+    assert (tmp_path / "out" / "gre_panel.png").is_file()
+    nii = load(tmp_path / "out" / "gre_recon.nii.gz").array
+    assert nii.shape == (160, 160) and np.isfinite(nii).all() and nii.std() > 0
+
+
+def test_fixed_split_on_shared_data(shared_data):
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        import importlib
+
+        for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
+            del sys.modules[key]
+        prop = importlib.import_module("scripts.propeller")
+        if not prop.is_full_dataset(shared_data):
+            pytest.skip("../shared/data lacks the study images")
+        train, test = prop.study_images(shared_data, 128)
+    finally:
+        sys.path.remove(str(BUNDLE))
+    assert len(train) == 45 and len(test) == 4
+    assert not {n for n, _ in train} & {n for n, _ in test}
+
+
+def test_inference_with_untrained_weights_writes_recon_and_panel(tmp_path, capsys):
+    """The inference path end to end without committed weights: an untrained network saved like the study's."""
+    from medssl.bundles import load_bundle_config, run_workflow
+
+    sys.path.insert(0, str(BUNDLE))
+    propeller = load_bundle_config("propeller_mri_reconstruction", "inference").get_parsed_content("propeller")
+    torch.manual_seed(0)
+    ckpt = propeller.save_model(tmp_path / "model.pt", propeller.build_network(), {"method": "untrained"})
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"not a dicom at all")
+    (summary,) = run_workflow("propeller_mri_reconstruction", "inference", {
+        "inputs": [str(samples.mr_small()), str(bad)], "output_dir": str(tmp_path / "out"), "device": "cpu",
+        "checkpoint": str(ckpt), "model_info": str(ckpt.with_suffix(".json")), "simulate_blades": 8, "snr": 20.0,
+    })
+    assert len(summary["failed"]) == 1 and "broken.dcm" in summary["failed"][0]
+    stem = Path(str(samples.mr_small())).stem
+    recon = load(tmp_path / "out" / f"{stem}_recon.nii.gz").array
+    assert np.isfinite(recon).all() and recon.std() > 0
+    assert (tmp_path / "out" / f"{stem}_panel.png").is_file()
