@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_demo", "Section"]
+from medssl.mri.cartesian import cartesian_recon  # numpy only; moved to the PROPELLER package
+
+__all__ = ["run_demo", "Section", "cartesian_recon"]
 
 
 @dataclass
@@ -154,34 +156,6 @@ def _tour_ecg(out: Path) -> Section:
                     f"DICOM ECG: {dcm.shape[0]} leads × {dcm.shape[1]} samples at {dcm.meta.sampling_rate:g} Hz.")
     sec.numbers.update({"wfdb_leads": rec.shape[0], "dicom_ecg_leads": dcm.shape[0]})
     return sec
-
-
-def cartesian_recon(kspace: np.ndarray, axes: tuple[str, ...], oversampling: float = 2.0) -> np.ndarray:
-    """Root-sum-of-squares image from Cartesian multi-coil k-space, readout oversampling removed.
-
-    Args:
-        kspace: complex k-space with a coil axis, a phase-encoding ("line") axis and a readout axis.
-        axes: axis names of ``kspace``; must include ``"coil"``, ``"line"`` and ``"readout"``.
-        oversampling: readout oversampling factor to crop away in image space.
-
-    Returns:
-        Magnitude image ``[line, readout / oversampling]``.
-    """
-    for name in ("coil", "line", "readout"):
-        if name not in axes:
-            raise ValueError(f"k-space axes {axes} lack {name!r}")
-    extra = tuple(i for i, a in enumerate(axes) if a not in ("coil", "line", "readout"))
-    k = kspace
-    if extra:  # average repetitions/averages etc. (index 0 of other axes would also do)
-        k = k.mean(axis=extra)
-        axes = tuple(a for a in axes if a in ("coil", "line", "readout"))
-    k = np.moveaxis(k, [axes.index("coil"), axes.index("line"), axes.index("readout")], [0, 1, 2])
-    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(1, 2)), axes=(1, 2)), axes=(1, 2))
-    n_ro = img.shape[2]
-    keep = int(round(n_ro / oversampling))
-    start = (n_ro - keep) // 2
-    img = img[:, :, start:start + keep]
-    return np.sqrt((np.abs(img) ** 2).sum(axis=0))
 
 
 def log_magnitude(kspace: np.ndarray, floor: float = 1e-6) -> np.ndarray:
@@ -450,6 +424,49 @@ def _stage_xca_bundle(out: Path, device: str, max_steps: int) -> Section:
     return sec
 
 
+def _stage_us_bundle(out: Path, device: str, max_steps: int) -> Section:
+    """The ultrasound_vjepa_segmentation bundle on the samples: V-JEPA + localisation, frozen fine-tune, infer."""
+    from medssl import samples
+    from medssl.bundles import run_workflow
+    from medssl.io import load
+
+    plt = _plt()
+    name = "ultrasound_vjepa_segmentation"
+    sec = Section(f"Bundle {name}: V-JEPA + 3-D localisation pretraining, frozen-encoder lumen segmentation")
+    root = out / "runs" / name
+    common = {"data": "samples", "runs_root": str(root), "device": device}
+    steps = max(1, min(max_steps, 20))  # 16-frame clips: the costliest step of the demo on a CPU
+    (history,) = run_workflow(name, "pretrain", {**common, "max_steps": steps, "batch_size": 2, "num_workers": 0})
+    (res,) = run_workflow(name, "finetune", {**common, "max_steps": max(steps, 40), "batch_size": 4,
+                                              "label_fraction": 1.0, "seed": 0, "init": "pretrained",
+                                              "eval_every": 10})
+    model = Path(res["model"])
+    recs = samples.carotid_recordings()
+    png, mask = recs[sorted(recs)[-1]][0]
+    (summary,) = run_workflow(name, "inference", {
+        "inputs": [str(png), str(samples.echo_cine())], "output_dir": str(root / "inference"), "device": device,
+        "inferer#checkpoint": str(model), "inferer#model_info": str(model.with_suffix(".json")),
+    })
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    _loss_panel(axes[0], [float(v) for v in history["loss"]], "V-JEPA loss (L1 to EMA targets + 0.1 x localisation)")
+    outputs = summary["outputs"].get(str(png), {})
+    _overlay(axes[1], load(png).array, load(mask).array, f"test sweep {png.stem[-8:]}: expert lumen")
+    if "seg_png" in outputs:
+        _overlay(axes[2], load(png).array, load(outputs["seg_png"]).array, "prediction (frozen encoder)")
+    sec.images.append(_save(fig, out, "us_bundle.png"))
+    n_seg = len(summary["outputs"].get(str(samples.echo_cine()), {}))
+    sec.text.append(
+        f"V-JEPA pretraining with the localisation loss ({steps} steps of two 16-frame 128x128 clips of the sector "
+        f"crop: echo cine, carotid sweeps, HC18 stills), then a decoder on the frozen encoder trained on "
+        f"{res['n_train']} frames of one carotid recording ({res['n_val']} for the threshold), then `medssl infer` "
+        f"on the other recording's first frame and on the echo cine DICOM ({n_seg} outputs: SEG, NIfTI, overlay). "
+        f"Test Dice over the {res['n_test']} frames of the other recording: {res['dice']:.3f}. A smoke run on the "
+        "samples, not the bundle's results (see its docs/README.md)."
+    )
+    sec.numbers.update({"dice_test_recording": round(float(res["dice"]), 4), "labelled_frames": res["n_train"]})
+    return sec
+
+
 def _stage_ecg_bundle(out: Path, device: str, max_steps: int) -> Section:
     """The ecg_mae_classification bundle on the samples: MAE pretraining, diagnosis fine-tune, inference."""
     import shutil
@@ -498,6 +515,56 @@ def _stage_ecg_bundle(out: Path, device: str, max_steps: int) -> Section:
     return sec
 
 
+def _stage_propeller_bundle(out: Path, device: str, max_steps: int) -> Section:
+    """The propeller_mri_reconstruction bundle on the samples: self-supervised training, half-blade recon, twix.
+
+    Short self-supervised training on noisy blades simulated from the shipped MR image, reconstruction from half
+    the blades beside gridding, and the twix GRE phantom through the PROPELLER path.
+    """
+    import shutil
+
+    from medssl import samples
+    from medssl.bundles import run_workflow
+
+    plt = _plt()
+    name = "propeller_mri_reconstruction"
+    sec = Section(f"Bundle {name}: self-supervised PROPELLER reconstruction from noisy blades")
+    root = out / "runs" / name
+    steps = max(1, min(max_steps, 40))
+    (res,) = run_workflow(name, "pretrain", {
+        "data": "samples", "output_dir": str(root / "pretrain"), "max_steps": steps, "im_size": 64, "n_lines": 6,
+        "snrs": [20.0], "device": "cpu" if device == "auto" else device, "seed": 0,
+    })
+    model = Path(res["model"])
+    (summary,) = run_workflow(name, "inference", {
+        "inputs": [str(samples.mr_small()), str(samples.twix_gre())], "output_dir": str(root / "inference"),
+        "checkpoint": str(model), "model_info": str(model.with_suffix(".json")), "simulate_blades": 16,
+        "snr": 20.0, "device": "cpu" if device == "auto" else device,
+    })
+    fig, ax = plt.subplots(figsize=(5, 3))
+    _loss_panel(ax, [float(v) for v in res.get("losses", [])], "readout-split k-space loss (held-out half)")
+    sec.images.append(_save(fig, out, "propeller_loss.png"))
+    for src, dst in ((samples.mr_small(), "propeller_mr_small.png"), (samples.twix_gre(), "propeller_twix.png")):
+        outs = summary["outputs"].get(str(src), {})
+        if "panel_png" in outs:
+            shutil.copyfile(outs["panel_png"], out / dst)
+            sec.images.append(dst)
+    sec.text.append(
+        f"An unrolled network (MONAI U-Net regulariser + CG data consistency through a multi-coil torchkbnufft "
+        f"NUFFT) trained for {steps} steps without clean images: each blade's readout samples are split into two "
+        f"interleaved halves, the network reconstructs from one and is scored in k-space on the other. Training "
+        f"data: 16 blades x 6 lines x 64 readout simulated from rotations of the shipped 64x64 MR_small (smooth "
+        f"phase, 8 birdcage coils, SNR 20); mean loss of the first steps {res['loss_first']:.4f}, of the last "
+        f"{res['loss_last']:.4f}. Then `medssl infer` reconstructs MR_small from 8 of 16 simulated blades beside "
+        "gridding, and the Siemens twix GRE phantom (Cartesian, 2 coils) resampled onto 16 blades, with coil maps "
+        "estimated from the blade centres, beside its Cartesian RSS image. A smoke run, not the bundle's results "
+        "(see its docs/README.md)."
+    )
+    sec.numbers.update({"steps": steps, "loss_first": round(float(res["loss_first"]), 5),
+                        "loss_last": round(float(res["loss_last"]), 5)})
+    return sec
+
+
 def _training_stages(out: Path, device: str, max_steps: int) -> list[tuple[str, Callable[[], Section]]]:
     """The self-supervised stages that exist so far (more arrive with each bundle)."""
     from medssl.bundles import available_bundles
@@ -508,6 +575,10 @@ def _training_stages(out: Path, device: str, max_steps: int) -> list[tuple[str, 
     ]
     if "xca_cmunet_segmentation" in available_bundles():
         stages.append(("bundle xca_cmunet_segmentation", lambda: _stage_xca_bundle(out, device, max_steps)))
+    if "ultrasound_vjepa_segmentation" in available_bundles():
+        stages.append(("bundle ultrasound_vjepa_segmentation", lambda: _stage_us_bundle(out, device, max_steps)))
     if "ecg_mae_classification" in available_bundles():
         stages.append(("bundle ecg_mae_classification", lambda: _stage_ecg_bundle(out, device, max_steps)))
+    if "propeller_mri_reconstruction" in available_bundles():
+        stages.append(("bundle propeller_mri_reconstruction", lambda: _stage_propeller_bundle(out, device, max_steps)))
     return stages
