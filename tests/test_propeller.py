@@ -257,7 +257,6 @@ def test_inference_with_untrained_weights_writes_recon_and_panel(tmp_path, capsy
     """The inference path end to end without committed weights: an untrained network saved like the study's."""
     from medssl.bundles import load_bundle_config, run_workflow
 
-    sys.path.insert(0, str(BUNDLE))
     propeller = load_bundle_config("propeller_mri_reconstruction", "inference").get_parsed_content("propeller")
     torch.manual_seed(0)
     ckpt = propeller.save_model(tmp_path / "model.pt", propeller.build_network(), {"method": "untrained"})

@@ -31,9 +31,9 @@ TINY = {"img_size": 32, "num_frames": 4, "depth": 1, "hidden_size": 48}
 
 @pytest.fixture(scope="module")
 def us():
-    sys.path.insert(0, str(BUNDLE))
-    for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[key]
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))  # BUNDLE first on sys.path, another bundle's `scripts` forgotten
     module = importlib.import_module("scripts.us")
     yield module
     sys.path.remove(str(BUNDLE))
