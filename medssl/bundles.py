@@ -146,14 +146,23 @@ def _user_error(exc: BaseException) -> BaseException:
 def _use_bundle_scripts(root: str) -> None:
     """Put ``root`` first on ``sys.path`` and forget another bundle's ``scripts`` package.
 
-    Every bundle names its thin module ``scripts``, so one imported for another bundle must not be reused.
+    Every bundle names its thin module ``scripts``, so one imported for another bundle must not be reused, and
+    another bundle's folder left on ``sys.path`` must not shadow this one's: such folders are taken off the path.
     """
-    if root in sys.path:
+    root = os.path.abspath(root)
+    for entry in list(sys.path):
+        if not entry or os.path.abspath(entry) == root:
+            continue
+        if os.path.isfile(os.path.join(entry, "scripts", "__init__.py")) and os.path.isdir(
+            os.path.join(entry, "configs")
+        ):
+            sys.path.remove(entry)  # another bundle's folder
+    while root in sys.path:
         sys.path.remove(root)
-    sys.path.insert(1, root)
+    sys.path.insert(0, root)
     loaded = sys.modules.get("scripts")
     where = getattr(loaded, "__path__", None) or [getattr(loaded, "__file__", "") or ""]
-    if loaded is not None and not any(os.fspath(p).startswith(root) for p in where):
+    if loaded is not None and not any(os.path.abspath(os.fspath(p)).startswith(root + os.sep) for p in where):
         for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
             del sys.modules[key]
 

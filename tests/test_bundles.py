@@ -136,3 +136,26 @@ def test_finetune_and_pretrain_workflows_run_on_the_samples(bundle_copy, tmp_pat
 def test_cli_finetune_rejects_a_bad_fraction(capsys):
     assert main(["finetune", NAME, "--label-fraction", "1.5"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_bundle_scripts_are_not_shadowed_by_another_bundle_on_sys_path() -> None:
+    """Regression: another bundle's folder left first on sys.path made `scripts.us` unimportable in CI."""
+    import importlib
+
+    from medssl.bundles import _use_bundle_scripts
+
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    ecg, us = str(bundles / "ecg_mae_classification"), str(bundles / "ultrasound_vjepa_segmentation")
+    saved_path, saved_modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.split(".")[0] == "scripts"}
+    try:
+        sys.path.insert(0, ecg)
+        importlib.import_module("scripts.ecg_bundle")
+        _use_bundle_scripts(us)
+        assert ecg not in sys.path and sys.path[0] == us
+        module = importlib.import_module("scripts.us")
+        assert Path(module.__file__).resolve().parent.parent == Path(us)
+    finally:
+        sys.path[:] = saved_path
+        for key in [k for k in sys.modules if k.split(".")[0] == "scripts"]:
+            del sys.modules[key]
+        sys.modules.update(saved_modules)

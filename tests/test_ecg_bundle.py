@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,9 @@ def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytes
 @pytest.fixture(scope="module")
 def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ folder in the shipped format with untrained weights (the test does not rely on models/)."""
-    sys.path.insert(0, str(BUNDLE))
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
     from scripts import ecg_bundle as eb
 
     torch.manual_seed(0)

@@ -237,18 +237,19 @@ def test_infer_cli_twix_and_bad_input(tmp_path, capsys):
 
 
 def test_fixed_split_on_shared_data(shared_data):
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        import importlib
+    import importlib
 
-        for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-            del sys.modules[key]
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    try:
         prop = importlib.import_module("scripts.propeller")
         if not prop.is_full_dataset(shared_data):
             pytest.skip("../shared/data lacks the study images")
         train, test = prop.study_images(shared_data, 128)
     finally:
-        sys.path.remove(str(BUNDLE))
+        if str(BUNDLE) in sys.path:
+            sys.path.remove(str(BUNDLE))
     assert len(train) == 45 and len(test) == 4
     assert not {n for n, _ in train} & {n for n, _ in test}
 

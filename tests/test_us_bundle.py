@@ -36,7 +36,8 @@ def us():
     _use_bundle_scripts(str(BUNDLE))  # BUNDLE first on sys.path, another bundle's `scripts` forgotten
     module = importlib.import_module("scripts.us")
     yield module
-    sys.path.remove(str(BUNDLE))
+    if str(BUNDLE) in sys.path:
+        sys.path.remove(str(BUNDLE))
     for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
         del sys.modules[key]
 

@@ -26,14 +26,15 @@ SMALL = (8, 16, 32)
 
 @pytest.fixture(scope="module")
 def xca():
-    sys.path.insert(0, str(BUNDLE))
     import importlib
 
-    for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[key]
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
     module = importlib.import_module("scripts.xca")
     yield module
-    sys.path.remove(str(BUNDLE))
+    if str(BUNDLE) in sys.path:
+        sys.path.remove(str(BUNDLE))
 
 
 class _Fixed(nn.Module):
