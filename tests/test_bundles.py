@@ -148,8 +148,9 @@ def test_bundle_scripts_are_not_shadowed_by_another_bundle_on_sys_path() -> None
     ecg, us = str(bundles / "ecg_mae_classification"), str(bundles / "ultrasound_vjepa_segmentation")
     saved_path, saved_modules = list(sys.path), {k: v for k, v in sys.modules.items() if k.split(".")[0] == "scripts"}
     try:
-        sys.path.insert(0, ecg)
+        _use_bundle_scripts(ecg)
         importlib.import_module("scripts.ecg_bundle")
+        sys.path.insert(0, ecg)  # a test that put the folder on sys.path and left it there
         _use_bundle_scripts(us)
         assert ecg not in sys.path and sys.path[0] == us
         module = importlib.import_module("scripts.us")
