@@ -53,6 +53,12 @@ def _dispatch(path: Path, probe: bool = False) -> Record:
         from medssl.io.kspace import read_kspace_npz
 
         return read_kspace_npz(path)
+    from medssl.io.video import VIDEO_SUFFIXES
+
+    if suffix in VIDEO_SUFFIXES:
+        from medssl.io.video import read_video
+
+        return read_video(path, probe=probe)
     from medssl.io.image import ITK_SUFFIXES, PIL_SUFFIXES
 
     if suffix in PIL_SUFFIXES:
@@ -84,7 +90,7 @@ def load(path: str | os.PathLike[str]) -> Record:
 
     Supported: DICOM (single/multi-frame, enhanced, series folders, DICOMDIR, ECG waveform, ``.dcm.gz``),
     NIfTI-1/2, WFDB (``.hea``), PNG/JPEG/TIFF, ITK formats (.mha/.nrrd), Siemens twix ``.dat``,
-    k-space ``.npz``.
+    k-space ``.npz``, video (``.avi``, ``.mp4``, ``.mov``, ``.m4v``, ``.mkv``, ``.webm`` through PyAV).
 
     Args:
         path: file or folder.
@@ -102,7 +108,8 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The one-line summary dict of a file for ``medssl info``, without decoding every frame of a cine.
 
     Same result as ``load(path).summary()``, except that a multi-frame DICOM has only its first and last
-    frame decoded (enough to prove the codec works and catch truncation); other formats are loaded fully.
+    frame decoded (enough to prove the codec works and catch truncation) and a video has every frame decoded
+    but only the first kept; other formats are loaded fully.
 
     Args:
         path: file or folder.
