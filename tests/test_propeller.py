@@ -153,6 +153,23 @@ def test_snr_definition_sets_image_noise(mr64):
     assert 0.2 < float(mask.float().mean()) < 0.95
 
 
+@pytest.mark.parametrize("method", ["nlm", "tv", "wavelet"])
+def test_classic_denoisers_raise_psnr_of_a_noisy_real_image(mr64, method):
+    from medssl.mri.baselines import denoise_magnitude, estimate_noise_sigma
+
+    g = torch.Generator().manual_seed(3)
+    clean = mr64.numpy().astype(np.float64)
+    noisy = np.abs(clean + 0.05 * torch.randn(clean.shape, generator=g, dtype=torch.float64).numpy())
+    assert abs(estimate_noise_sigma(noisy - clean) / 0.05 - 1.0) < 0.15  # the MAD estimate of pure noise
+
+    def psnr(x):
+        return 10 * np.log10(clean.max() ** 2 / np.mean((x - clean) ** 2))
+
+    assert psnr(denoise_magnitude(noisy, method, 1.0)) > psnr(noisy) + 2.0
+    with pytest.raises(ValueError, match="wavelet"):
+        denoise_magnitude(noisy, "median")
+
+
 def test_twenty_training_steps_lower_kspace_loss(mr64):
     torch.manual_seed(0)
     geo = PropellerGeometry(8, 6, 64, 64)

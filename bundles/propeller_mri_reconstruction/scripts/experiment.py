@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.calibration_tune:
                 configs["tuned"] = P.tune_conventional(pool, big, big.blades(frac), lams=(0.0, 0.1, 0.3, 1.0, 3.0),
                                                        iters=(3, 5, 10, 20), strengths=(0.8, 1.2, 1.6, 2.0),
-                                                       denoisers=("nlm", "tv"))
+                                                       denoisers=("nlm", "tv", "wavelet"))
             for s in args.seeds:
                 acqs = P.make_acquisitions(te256, big, [20.0], seed=2000 + s, n_coils=8)
                 for name, cfg in configs.items():

@@ -255,7 +255,7 @@ def conventional(
 def tune_conventional(
     acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
     lams: Sequence[float] = (0.0, 0.1, 0.3, 1.0, 3.0), iters: Sequence[int] = (3, 5, 10, 20),
-    strengths: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0), denoisers: Sequence[str] = ("nlm", "tv"),
+    strengths: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0), denoisers: Sequence[str] = ("nlm", "tv", "wavelet"),
 ) -> dict[str, Any]:
     """Choose CG-SENSE's ``lam`` / iterations and the denoiser by mean PSNR on (training) acquisitions."""
     op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, acqs[0]["sens"])
