@@ -215,6 +215,12 @@ def test_boundary_matching_hand_values() -> None:
     assert s.errors_ms["QRS_offset"] == [pytest.approx(-4.0)]
     assert s.f1("QRS_onset") == pytest.approx(0.5)
     assert s.f1("P_onset") == 1.0  # nothing to find, nothing found
+    # the unmarked P wave just before the first marked QRS (its offset 90 is within 75 samples of the mark 100)
+    # is not scored; an unmatched T wave between the marked QRS complexes is a false positive
+    s = score_delineation(pred + [Wave("P", 50, 70, 90), Wave("T", 200, 230, 260)], true, fs=500.0)
+    assert (s.fp["P_onset"], s.fp["P_offset"]) == (0, 0)
+    assert (s.fp["T_onset"], s.fp["T_offset"]) == (1, 1)
+    assert (s.tp["QRS_onset"], s.fp["QRS_onset"], s.fn["QRS_onset"]) == (1, 1, 1)
 
 
 def test_ludb_marks_score_perfectly_against_themselves(shared_data: Path) -> None:
