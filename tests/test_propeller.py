@@ -153,6 +153,32 @@ def test_snr_definition_sets_image_noise(mr64):
     assert 0.2 < float(mask.float().mean()) < 0.95
 
 
+def test_regulariser_residual_stays_inside_the_sampled_kspace_disc():
+    from medssl.mri import kspace_support_mask
+
+    n = 32
+    traj = torch.tensor([[0.0, math.pi / 2], [0.0, 0.0]])  # largest radius pi/2
+    mask = kspace_support_mask(traj, n)
+    assert abs(float(mask.float().mean()) - math.pi / 16) < 0.02  # disc of radius pi/2 in [-pi, pi)^2
+    torch.manual_seed(0)
+    net = UnrolledRecon(n_unrolls=1, cg_iters=1, channels=(4, 8), kspace_support=True)
+    with torch.no_grad():
+        net.res_gain.fill_(1.0)
+    x = torch.randn(1, n, n, dtype=torch.complex64)
+    outside = ~mask
+
+    def energy_outside(r):
+        return float(torch.fft.fft2(r).abs()[..., outside].pow(2).sum() / torch.fft.fft2(r).abs().pow(2).sum())
+
+    with torch.no_grad():
+        free = net.denoise(x) - x
+        net._support = mask
+        projected = net.denoise(x) - x
+        net._support = None
+    assert energy_outside(free) > 0.1  # a random U-Net fills the corners
+    assert energy_outside(projected) < 1e-8
+
+
 @pytest.mark.parametrize("method", ["nlm", "tv", "wavelet"])
 def test_classic_denoisers_raise_psnr_of_a_noisy_real_image(mr64, method):
     from medssl.mri.baselines import denoise_magnitude, estimate_noise_sigma
