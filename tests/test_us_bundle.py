@@ -243,3 +243,44 @@ def test_shipped_models_fit_the_limit_and_load_weights_only():
     info = json.loads((models / "pretrained_encoder.json").read_text())
     assert info["loc_weight"] > 0 and any(k.startswith("blocks.") for k in enc)
     assert 0 < json.loads((models / "model.json").read_text())["threshold"] < 1
+
+
+# ----------------------------------------------------------------------------------------------- HC18 split
+
+
+def _hc18_split() -> dict:
+    return json.loads((BUNDLE / "docs" / "splits" / "hc18_split.json").read_text())
+
+
+def test_hc18_split_is_disjoint_by_subject_with_nested_fractions():
+    split = _hc18_split()
+    test, val, pool = set(split["test"]), set(split["val"]), set(split["pool"])
+    assert len(test) >= 15 and len(val) >= 1 and len(pool) >= 8
+    assert len(test) == len(split["test"]) and len(val) == len(split["val"]) and len(pool) == len(split["pool"])
+    assert not (test & val) and not (test & pool) and not (val & pool)
+    subject = {name: name.split("_", 1)[0] for name in test | val | pool}
+    parts = [{subject[n] for n in part} for part in (test, val, pool)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])  # no subject leak
+    assert set(split["labelled"]) >= {"0", "1", "2"}
+    for sets in split["labelled"].values():
+        sizes = sorted(int(n) for n in sets)
+        assert sizes[:3] == [2, 4, 8] and sizes[-1] == len(pool)
+        for small, big in zip(sizes, sizes[1:], strict=False):
+            assert set(sets[str(small)]) <= set(sets[str(big)])  # nested: 2 in 4 in 8 in all
+            assert sets[str(big)][:small] == sets[str(small)]
+        assert set(sets[str(len(pool))]) == pool and all(len(sets[str(n)]) == n for n in sizes)
+
+
+def test_hc18_split_is_fixed_and_matches_the_data(us, shared_data):
+    hc = shared_data / "ultrasound" / "hc18_fetal_head_subset"
+    if not (hc / "images").is_dir():
+        pytest.skip(f"HC18 subset absent: {hc / 'images'} not found")
+    experiment = importlib.import_module("scripts.experiment")
+    names = sorted(experiment.hc18_pairs(str(shared_data / "ultrasound")))
+    split = _hc18_split()
+    assert {k: split[k] for k in ("test", "val", "pool", "labelled")} == {
+        k: v for k, v in experiment.make_hc18_split(names).items() if k in ("test", "val", "pool", "labelled")}
+    assert set(split["test"]) | set(split["val"]) | set(split["pool"]) == set(names)
+    assert all((hc / "masks" / f"{n}_mask.png").is_file() for n in names)
+    assert us.hc18_test_images() == set(split["test"])
+    assert us._is_hc18_image(str(hc / "images" / f"{split['test'][0]}.png"), us.hc18_test_images())

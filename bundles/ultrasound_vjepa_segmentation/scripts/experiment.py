@@ -10,6 +10,11 @@
    all with the same recipe and steps (scripts/us.py); test Dice on the 3 test recordings.
 3. Rows go to docs/results.json (full real data only), the table is rendered into docs/README.md, and the
    ``pretrained`` encoder and its 9-recording segmenter (seed 0) are saved to models/ (state dicts, atomic).
+4. ``--task hc18``: the second downstream task, HC18 fetal-head segmentation (50 stills, each a 1-frame
+   "recording"), from the same pretrained encoders and with the same inits and recipe. The split is fixed and
+   stored in docs/splits/hc18_split.json (made once, by subject, from a fixed permutation): at least 15 test
+   images, at least 5 validation images (threshold and model choice for every fraction), and per seed nested
+   labelled sets of 2, 4, 8 and all remaining training images. Rows have task ``hc18_fetal_head``; no models/.
 
 Examples::
 
@@ -20,6 +25,8 @@ Examples::
     python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --stage finetune
     # a smoke test on the shipped samples (writes only under --out):
     python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --quick
+    # the HC18 fetal-head task from the finished pretraining runs in --out:
+    OMP_NUM_THREADS=1 python bundles/ultrasound_vjepa_segmentation/scripts/experiment.py --stage finetune --task hc18
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ import torch  # noqa: E402
 from scripts import us  # noqa: E402
 
 FROZEN = ("pretrained", "vjepa_noloc", "random_frozen")
+HC18_TASK = "hc18_fetal_head"
+HC18_DIR = "hc18_fetal_head_subset"
+HC18_SPLIT = BUNDLE / "docs" / "splits" / "hc18_split.json"
+HC18_SPLIT_REF = "docs/splits/hc18_split.json"
+HC18_MIN_TEST, HC18_MIN_VAL, HC18_SMALL = 15, 5, (2, 4, 8)
 INITS = (*FROZEN, "scratch", "unet_supervised")
 MODELS_LIMIT = 25 * 1024 * 1024
 
@@ -51,14 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="all",
-                   choices=("all", "pretrain", "finetune", "sweep", "diagnose", "evaluate", "table"),
+                   choices=("all", "pretrain", "finetune", "sweep", "diagnose", "evaluate", "table", "reference"),
                    help="sweep: pretrain with --loc-weight into OUT/pretrain_loc<w> and fine-tune frozen decoders "
                         "on it (rows with init vjepa_loc<w>); diagnose: effective rank of each encoder's tokens; "
-                        "evaluate: the shipped models/model.pt on the test recordings through the inference path")
+                        "evaluate: the shipped models/model.pt on the test recordings through the inference path; "
+                        "reference (with --task hc18): test Dice of the mean labelled mask, no network (logged only)")
+    p.add_argument("--task", default="carotid", choices=("carotid", "hc18"),
+                   help="downstream task of the finetune stage (default carotid; hc18: fetal head, see the docstring)")
     p.add_argument("--data", default=None, help="data root (default: ../shared/data/ultrasound)")
     p.add_argument("--out", default="runs/us_experiment", help="run folder (default: runs/us_experiment)")
     p.add_argument("--quick", action="store_true", help="tiny settings on the samples (not results)")
-    p.add_argument("--labels", type=int, nargs="+", default=None, help="labelled recordings (default 1 2 4 9)")
+    p.add_argument("--labels", type=int, nargs="+", default=None,
+                   help="labelled recordings (default 1 2 4 9); hc18: labelled images (default 2 4 8 all)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default 0 1 2)")
     p.add_argument("--inits", nargs="+", default=None, choices=INITS)
     p.add_argument("--pretrain-steps", type=int, default=None)
@@ -84,6 +100,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key):
             s[key] = getattr(args, key)
     s["inits"] = list(args.inits or INITS)
+    if args.task == "hc18" and not args.labels:
+        s["labels"] = [2] if args.quick else [*HC18_SMALL, -1]  # -1: every training image of the split
     return s
 
 
@@ -201,6 +219,162 @@ def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, 
     return rows
 
 
+# ----------------------------------------------------------------------------------------------- HC18
+
+
+def hc18_pairs(data: str) -> dict[str, tuple[Path, Path]]:
+    """``{image stem: (image, mask)}`` of the HC18 stills (``data/hc18_fetal_head_subset`` or the samples)."""
+    if data == "samples":
+        from medssl import samples
+
+        return {img.stem: (img, mask) for img, mask in samples.hc18_pairs()}
+    base = Path(data) / HC18_DIR
+    return {img.stem: (img, base / "masks" / f"{img.stem}_mask.png") for img in sorted((base / "images").glob("*.png"))}
+
+
+def hc18_subject(name: str) -> str:
+    """The subject of an HC18 image: ``010_2HC`` and ``010_HC`` are two scans of subject ``010``."""
+    return name.split("_", 1)[0]
+
+
+def make_hc18_split(names: list[str], min_test: int = HC18_MIN_TEST, min_val: int = HC18_MIN_VAL,
+                    seeds: tuple[int, ...] = (0, 1, 2), small: tuple[int, ...] = HC18_SMALL) -> dict[str, Any]:
+    """The fixed HC18 split, by subject (all images of a subject fall in one part).
+
+    Subjects in a fixed permutation (``default_rng(1234)``) fill the test set until it has ``min_test`` images,
+    then the validation set until ``min_val``; the rest is the training pool. Labelled sets: the pool ordered as
+    one image of each pool subject (subjects in ``default_rng(4321)`` order), then the second images, etc.;
+    per seed this order rotated by ``seed * max(small)``, and the first ``n`` images for each ``n`` in ``small``
+    and all of them, so the sets are nested within a seed, the small sets of the seeds differ, and a small set
+    has distinct subjects.
+    """
+    import numpy as np
+
+    names = sorted(names)
+    subjects = sorted({hc18_subject(n) for n in names})
+    by_subject = {sub: [n for n in names if hc18_subject(n) == sub] for sub in subjects}
+    test: list[str] = []
+    val: list[str] = []
+    pool: list[str] = []
+    for i in np.random.default_rng(1234).permutation(len(subjects)):
+        part = test if len(test) < min_test else val if len(val) < min_val else pool
+        part += by_subject[subjects[i]]
+    test, val, pool = sorted(test), sorted(val), sorted(pool)
+    pool_subjects = sorted({hc18_subject(n) for n in pool})
+    perm = [pool_subjects[i] for i in np.random.default_rng(4321).permutation(len(pool_subjects))]
+    depth = max(len(by_subject[sub]) for sub in perm)  # one image of each subject first, then the second ones
+    order = [by_subject[sub][k] for k in range(depth) for sub in perm if k < len(by_subject[sub])]
+    labelled: dict[str, dict[str, list[str]]] = {}
+    for seed in seeds:
+        rot = order[(seed * max(small)) % len(pool):] + order[: (seed * max(small)) % len(pool)]
+        labelled[str(seed)] = {str(n): rot[:n] for n in (*[k for k in small if k < len(pool)], len(pool))}
+    return {
+        "task": HC18_TASK, "unit": "image (one 1-frame clip)", "grouping": "subject = name before the first '_'",
+        "rule": f"subjects in default_rng(1234).permutation fill test (>= {min_test} images), then val "
+                f"(>= {min_val}), rest = pool; labelled[seed][n] = first n of the pool in "
+                f"one image per subject in default_rng(4321) subject order, then the second ones, rotated by "
+                f"seed * {max(small)}",
+        "test": test, "val": val, "pool": pool, "labelled": labelled,
+    }
+
+
+def hc18_split(data: str, out: Path) -> dict[str, Any]:
+    """The stored HC18 split (docs/splits/hc18_split.json; made once if missing). Samples: a small one in ``out``."""
+    names = sorted(hc18_pairs(data))
+    if data == "samples":
+        split = make_hc18_split(names, min_test=2, min_val=2, seeds=(0,), small=(2,))
+        atomic = out / "hc18_split.json"
+    else:
+        if HC18_SPLIT.is_file():
+            split = json.loads(HC18_SPLIT.read_text())
+            missing = sorted((set(split["test"]) | set(split["val"]) | set(split["pool"])) - set(names))
+            if missing:
+                raise FileNotFoundError(f"HC18 images of {HC18_SPLIT} not found under {data}: {missing[:5]}")
+            return split
+        split = make_hc18_split(names)
+        atomic = HC18_SPLIT
+    from medssl.ssl.checkpoint import atomic_write_json
+
+    atomic_write_json(atomic, split)
+    return split
+
+
+def hc18_labelled(split: dict[str, Any], n: int, seed: int) -> list[str]:
+    """The ``n`` labelled images of ``seed`` (``n = -1`` or ``len(pool)``: the whole pool)."""
+    pool = split["pool"]
+    n = len(pool) if n in (-1, len(pool)) else n
+    if str(seed) in split["labelled"] and str(n) in split["labelled"][str(seed)]:
+        return list(split["labelled"][str(seed)][str(n)])
+    raise ValueError(f"no labelled set of {n} images for seed {seed} in the HC18 split")
+
+
+def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: Path, command: str,
+                        tag: str = "") -> list[dict[str, Any]]:
+    """The HC18 fetal-head grid: every init x labelled images x seed, same recipe as the carotid task."""
+    from medssl.eval.results import append_result
+
+    split = hc18_split(data, out)
+    pairs = hc18_pairs(data)
+    test, val, pool = split["test"], split["val"], split["pool"]
+    frames = {name: us.prepare_frames([pairs[name]], keep_full=name in test) for name in [*test, *val, *pool]}
+    _log({"task": HC18_TASK, "test": len(test), "val": len(val), "pool": len(pool)})
+    states = {"pretrained": out / "pretrain" / "encoder.pt", "vjepa_noloc": out / "pretrain_noloc" / "encoder.pt"}
+    feats: dict[str, Any] = {}
+    for init in s["inits"]:
+        if init in FROZEN:
+            state = us.load_state(states[init]) if init in states else None
+            feats[init] = (state, us.add_features(frames, state, seed=0))
+            tokens = torch.cat([feats[init][1][r]["tokens"] for r in pool])
+            _log({"encoder": init, "effective_rank_hc18_pool": round(us.effective_rank(tokens), 2)})
+    split_ref = HC18_SPLIT_REF if results_json.parent == BUNDLE / "docs" else os.fspath(out / "hc18_split.json")
+    rows = []
+    for n in s["labels"]:
+        for seed in s["seeds"]:
+            chosen = hc18_labelled(split, n, seed)
+            for init in s["inits"]:
+                state, f = feats.get(init, (None, None))
+                res = us.finetune_and_test(frames, test, chosen, init, seed, state, f, max_steps=s["finetune_steps"],
+                                           batch_size=s["finetune_batch"], eval_every=s["eval_every"], val=val)
+                row = {**us.result_row(res, init + tag, seed, len(pool), command, split_ref), "task": HC18_TASK}
+                append_result(results_json, row)
+                rows.append(row)
+                _log({"task": HC18_TASK, "init": init + tag, "n": len(chosen), "seed": seed,
+                      "dice": round(res["dice"], 4), "threshold": res["threshold"], "val_dice": res["val_dice"],
+                      "best_step": res["best_step"], "seconds": res["seconds"]})
+    return rows
+
+
+def stage_reference_hc18(data: str, out: Path, s: dict[str, Any]) -> None:
+    """A no-network reference for HC18: the mean of the labelled masks (threshold on validation) on every test image.
+
+    Logged only (not a results row): it shows how much of a Dice comes from the head's typical place and size.
+    """
+    import numpy as np
+
+    from medssl.eval.metrics import dice
+    from medssl.transforms.sector import paste_bbox
+
+    split = hc18_split(data, out)
+    pairs = hc18_pairs(data)
+    frames = {n: us.prepare_frames([pairs[n]], keep_full=n in split["test"]) for n in [*split["test"], *split["val"],
+                                                                                       *split["pool"]]}
+    val_mask = torch.cat([frames[n]["mask"] for n in split["val"]])
+    for n in s["labels"]:
+        for seed in s["seeds"]:
+            chosen = hc18_labelled(split, n, seed)
+            prob = torch.cat([frames[c]["mask"] for c in chosen]).mean(0, keepdim=True)
+            _, t = us._val_threshold(prob.expand_as(val_mask), val_mask)
+            d = []
+            for name in split["test"]:
+                f = frames[name]
+                y0, y1, x0, x1 = f["bbox"][0]
+                crop = torch.nn.functional.interpolate(prob, size=(y1 - y0, x1 - x0), mode="bilinear",
+                                                       align_corners=False)[0, 0].numpy()
+                d.append(dice(paste_bbox(crop, f["bbox"][0], f["shape"][0]) >= t, f["full"][0]))
+            _log({"task": HC18_TASK, "init": "mean_mask", "n": len(chosen), "seed": seed, "threshold": t,
+                  "dice": round(float(np.mean(d)), 4)})
+
+
 def render(results_json: Path) -> str:
     """Render the results table into docs/README.md and return it."""
     from medssl.eval.results import load_results, render_results_table
@@ -227,7 +401,16 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     if args.stage in ("all", "pretrain"):
         stage_pretrain(data, out, s, args.loc_weight)
-    if args.stage in ("all", "finetune"):
+    if args.stage == "reference":
+        if args.task != "hc18":
+            raise SystemExit("--stage reference is for --task hc18")
+        stage_reference_hc18(data, out, s)
+        return 0
+    if args.task == "hc18" and args.stage in ("all", "finetune"):
+        full = full and len(hc18_pairs(data)) == 50
+        results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
+        stage_finetune_hc18(data, out, s, results_json, command, args.tag)
+    elif args.stage in ("all", "finetune"):
         stage_finetune(data, out, s, results_json, command, full and not args.no_models and not args.tag, args.tag)
     if args.stage == "evaluate":  # the shipped checkpoint through the inference path, on the test recordings
         _log(us.evaluate_model(BUNDLE / "models" / "model.pt", data))

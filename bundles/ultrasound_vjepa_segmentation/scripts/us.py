@@ -50,6 +50,7 @@ from medssl.eval.finetune import init_output_bias_to_prior
 from medssl.eval.metrics import dice
 from medssl.eval.results import append_result
 from medssl.infer.segmentation import Frames, SegmentationInference, zscore
+from medssl.io.video import VIDEO_SUFFIXES, read_video_frames, video_info
 from medssl.networks.vit import ViTEncoder
 from medssl.ssl.checkpoint import atomic_write, atomic_write_json
 from medssl.ssl.data import VideoClipDataset, load_channel_first
@@ -63,6 +64,7 @@ __all__ = [
     "carotid_recordings",
     "carotid_split",
     "pretraining_entries",
+    "USER_SUFFIXES",
     "USClipDataset",
     "build_video_encoder",
     "frame_encoder",
@@ -127,8 +129,16 @@ def choose_recordings(pool: Sequence[str], n: int, seed: int) -> list[str]:
     return [perm[(seed * n + k) % len(pool)] for k in range(n)]
 
 
+#: File endings taken from a user's data folder (DICOM, images, NIfTI, videos such as EchoNet's ``.avi``).
+USER_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg", ".nii", ".gz", "") + VIDEO_SUFFIXES
+
+
 def _user_entries(extra: str | os.PathLike[str] | Sequence[Any] | None) -> list[dict[str, Any]]:
-    """User data: a MONAI datalist JSON (``{"training": [{"image": ...}]}`` or a list), files or folders."""
+    """User data: a MONAI datalist JSON (``{"training": [{"image": ...}]}`` or a list), files or folders.
+
+    A folder is searched recursively for :data:`USER_SUFFIXES`, so an EchoNet-Dynamic folder (``Videos/*.avi``
+    beside its CSV files) or its ``Videos/`` folder can be given as it is.
+    """
     if not extra:
         return []
     items: list[Any] = [extra] if isinstance(extra, str | os.PathLike) else list(extra)
@@ -147,7 +157,7 @@ def _user_entries(extra: str | os.PathLike[str] | Sequence[Any] | None) -> list[
                 out.append({"image": img})
         elif p.is_dir():
             out.extend({"image": os.fspath(f)} for f in sorted(p.rglob("*")) if f.is_file()
-                       and f.suffix.lower() in (".dcm", ".png", ".jpg", ".jpeg", ".nii", ".gz", ""))
+                       and f.suffix.lower() in USER_SUFFIXES)
         else:
             out.append({"image": os.fspath(p)})
     return out
@@ -205,6 +215,16 @@ def _grey_cthw(path: str | os.PathLike[str] | Sequence[str]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def _is_video(path: Any) -> bool:
+    return isinstance(path, str | os.PathLike) and Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _channel_first(arr: np.ndarray, axes: Sequence[str]) -> np.ndarray:
+    """A ``(frame, y, x[, channel])`` array as ``[C, T, H, W]``."""
+    out = np.moveaxis(arr, [axes.index("frame"), axes.index("y"), axes.index("x")], [-3, -2, -1])
+    return out[None] if "channel" not in axes else out
+
+
 def _luma(arr: np.ndarray) -> np.ndarray:
     """``[C, T, H, W]`` -> float32 ``[T, H, W]`` (BT.601 for RGB)."""
     a = arr.astype(np.float32)
@@ -221,12 +241,32 @@ class USClipDataset(VideoClipDataset):
     the estimate over up to 32 frames). Decoded, cropped and resized files are kept in an LRU cache of at most
     ``cache_mb`` per worker, so memory stays bounded whatever the dataset size. Each clip is z-scored frame by
     frame (as at inference).
+
+    Videos (``.avi``, ``.mp4``, ... e.g. EchoNet-Dynamic) are streamed instead: the frame count comes from the
+    file's header, and each item decodes only its own clip (:func:`medssl.io.video.read_video_frames`: a seek
+    to the key frame before it, ``num_frames`` frames ``stride`` apart); the sector is estimated on the clip.
+    Nothing of a video is cached but its frame count. A video shorter than the clip holds its last frame.
     """
 
     def __init__(self, data: Sequence[Mapping[str, Any]], *args: Any, cache_mb: float = 256.0, **kwargs: Any) -> None:
         super().__init__(data, *args, **kwargs)
         self.cache_bytes = int(cache_mb * 2**20)
         self._lru: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._video_frames: dict[str, int] = {}
+
+    def _video_clip(self, path: str | os.PathLike[str], clip: int) -> torch.Tensor:
+        """One clip of a video, decoded on its own: float ``[C', num_frames, H', W']`` (grey, cropped, resized)."""
+        key = os.fspath(path)
+        if key not in self._video_frames:
+            self._video_frames[key] = video_info(path).frames
+        start = self._start(self._video_frames[key], clip)
+        rec = read_video_frames(path, start, self.num_frames, self.stride)
+        arr = _channel_first(rec.array, rec.axes)
+        if arr.shape[1] < self.num_frames:  # shorter than the clip (or than its header said): hold the last frame
+            pad = np.repeat(arr[:, -1:], self.num_frames - arr.shape[1], axis=1)
+            arr = np.concatenate([arr, pad], axis=1)
+        bbox, _ = sector_bbox(_luma(arr))
+        return self._prepare(np.ascontiguousarray(crop_to_bbox(arr, bbox)))
 
     def _clip_source(self, path: Any) -> torch.Tensor:
         key = json.dumps(path) if not isinstance(path, str | os.PathLike) else os.fspath(path)
@@ -244,7 +284,14 @@ class USClipDataset(VideoClipDataset):
         return clip
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        out = super().__getitem__(index)
+        entry = self.entries[index // self.clips_per_file] if 0 <= index < len(self) else None
+        if entry is not None and _is_video(entry[self.image_key]):
+            out = dict(entry)
+            out[self.image_key] = self._video_clip(entry[self.image_key], index % self.clips_per_file).contiguous()
+            if self.transform is not None:
+                out = self.transform(out)
+        else:
+            out = super().__getitem__(index)
         x = out[self.image_key]
         out = {self.image_key: zscore(x).contiguous()}  # per frame; the datalist's other keys are dropped
         return out
@@ -445,6 +492,8 @@ def pretrain(
     except (InputError, OSError, ValueError):
         exclude = []
     entries = pretraining_entries(data, exclude, extra_data)
+    hc18_test = hc18_test_images()
+    entries = [e for e in entries if not _is_hc18_image(e["image"], hc18_test)]
     ds = USClipDataset(entries, num_frames=num_frames, stride=stride, size=img_size, random_clip=True)
     cfg = {"img_size": img_size, "num_frames": num_frames, "depth": depth, "hidden_size": hidden_size}
     method = build_jepa(loc_weight=loc_weight, **cfg)
@@ -461,8 +510,26 @@ def pretrain(
     atomic_write_json(Path(output_dir) / "encoder.json", {
         **ENCODER_DEFAULTS, **cfg, "loc_weight": loc_weight, "max_steps": max_steps, "batch_size": batch_size,
         "stride": stride, "n_entries": len(entries), "excluded_recordings": exclude,
+        "excluded_hc18_test_images": sorted(hc18_test),
     })
     return {**history, "encoder": os.fspath(path)}
+
+
+def hc18_test_images(split_file: str | os.PathLike[str] | None = None) -> set[str]:
+    """Stems (``005_HC``) of the HC18 test images in the bundle's fixed split (``docs/splits/hc18_split.json``)."""
+    default = Path(__file__).resolve().parents[1] / "docs" / "splits" / "hc18_split.json"
+    path = Path(split_file) if split_file else default
+    if not path.is_file():
+        return set()
+    return {Path(name).stem for name in json.loads(path.read_text())["test"]}
+
+
+def _is_hc18_image(image: Any, names: set[str]) -> bool:
+    """Whether a datalist ``image`` is one of the HC18 images ``names`` (stems, in ``hc18_fetal_head_subset/``)."""
+    if not names or not isinstance(image, str | os.PathLike):
+        return False
+    p = Path(image)
+    return p.stem in names and p.parent.parent.name == "hc18_fetal_head_subset"
 
 
 # ----------------------------------------------------------------------------------------------- downstream
@@ -558,6 +625,7 @@ def finetune_and_test(
     eval_every: int = 50,
     save_model: str | os.PathLike[str] | None = None,
     encoder_cfg: Mapping[str, Any] | None = None,
+    val: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train one segmenter on the frames of ``chosen`` recordings and test it on ``test`` recordings.
 
@@ -576,6 +644,8 @@ def finetune_and_test(
         eval_every: validation period (model and threshold choice).
         save_model: write the full segmenter state dict (fp16) and a ``.json`` with the threshold here.
         encoder_cfg: encoder geometry overrides.
+        val: fixed validation recordings (HC18: a fixed set of images); then every frame of ``chosen`` is
+            trained on. ``None``: validation frames come from ``chosen`` (carotid, see the module docstring).
 
     Returns:
         JSON-ready dict: ``dice`` (mean over test frames), ``dice_per_recording``, ``threshold``, ``val_dice``,
@@ -584,7 +654,11 @@ def finetune_and_test(
     t0 = time.perf_counter()
     cfg = {**ENCODER_DEFAULTS, **(encoder_cfg or {})}
     frozen = init in ("pretrained", "vjepa_noloc", "random_frozen")
-    train_ids, val_ids = _split_frames(frames, chosen)
+    if val is None:
+        train_ids, val_ids = _split_frames(frames, chosen)
+    else:
+        train_ids = [(r, i) for r in chosen for i in range(len(frames[r]["image"]))]
+        val_ids = [(r, i) for r in val for i in range(len(frames[r]["image"]))]
 
     def gather(ids: Sequence[tuple[str, int]], key: str, src: Mapping[str, Mapping[str, Any]]) -> torch.Tensor:
         return torch.stack([src[r][key][i] for r, i in ids])
