@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=BUNDLE / "models")
     ap.add_argument("--no-models", action="store_true", help="do not write models/")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help="use these pretrained encoder weights instead of pretraining (e.g. a previous study's)")
+    ap.add_argument("--tasks", nargs="+", default=["delineation", "diagnosis", "mitbih"],
+                    choices=["delineation", "diagnosis", "mitbih"], help="downstream parts to run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*AUROC.*")
@@ -92,21 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     from medssl.eval.results import append_result, render_results_table
     from medssl.eval.splits import label_fraction_split, save_split
 
-    # 1. pretraining
-    hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device)
-    enc_path = hist["encoder"]
-    losses = hist["loss"]
-    print(
-        f"[study] pretrained on {len(hist['records'])} records; loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"
-        f" ({time.time() - t0:.0f} s)"
-    )
+    # 1. pretraining (or a given encoder)
+    hist: dict | None = None
+    if args.encoder is not None:
+        if not args.encoder.is_file():
+            print(f"experiment: {args.encoder}: encoder weights not found", file=sys.stderr)
+            return 2
+        enc_path = str(args.encoder)
+        print(f"[study] encoder {enc_path} (no pretraining)")
+    else:
+        hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device)
+        enc_path = hist["encoder"]
+        losses = hist["loss"]
+        print(
+            f"[study] pretrained on {len(hist['records'])} records; loss {losses[0]:.3f} -> "
+            f"{np.mean(losses[-10:]):.3f} ({time.time() - t0:.0f} s)"
+        )
 
     # 2. LUDB
 
     records = eb.ludb_items(root)
     by_name = {r.name: r for r in records}
     test = [by_name[i] for i in eb.LUDB_TEST_IDS if i in by_name]
-    rq = eb.reconstruction_metrics(hist["method"], [r.x for r in test])
+    rq = eb.reconstruction_metrics(hist["method"], [r.x for r in test]) if hist is not None else {}
     for k, v in rq.items():
         append_result(
             args.results,
@@ -121,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 "command": command,
             },
         )
-    print(f"[study] reconstruction on LUDB test: {rq}")
+    if rq:
+        print(f"[study] reconstruction on LUDB test: {rq}")
     # MIT-BIH beats (normal vs atrial premature): pretrained against random encoder and the RR baseline
     mitbih_header = Path(root) / "mitbih_arrhythmia_100" / "100.hea"
-    if mitbih_header.is_file():
+    if mitbih_header.is_file() and "mitbih" in args.tasks:
         from scripts import mitbih
 
         for r in mitbih.evaluate(mitbih_header, {"pretrained": enc_path, "random_frozen": None}, seeds=seeds):
@@ -172,13 +185,22 @@ def main(argv: list[str] | None = None) -> int:
             val = [by_name[i] for i in split.val]
             for init_name, init in (("pretrained", enc_path), ("scratch", None)):
                 tag_dir = work / f"{tag}_s{seed}_{init_name}"
-                # delineation
-                dl = eb.train_delineation(
-                    train, init, tag_dir / "delin", max_steps=ft_steps, seed=seed, device=args.device
-                )
-                s = eb.score_records(dl, test)
-                for k, v in s.items():
-                    row("ludb_delineation", lf_val, seed, init_name, k, v, sf)
+                if "delineation" in args.tasks:
+                    dl = eb.train_delineation(
+                        train, init, tag_dir / "delin", max_steps=ft_steps, seed=seed, device=args.device
+                    )
+                    s = eb.score_records(dl, test)
+                    for k, v in s.items():
+                        row("ludb_delineation", lf_val, seed, init_name, k, v, sf)
+                    print(
+                        f"[study] {tag} seed {seed} {init_name}: delineation mean F1 {s['mean_f1']:.3f} "
+                        f"MAE {s['mean_abs_error_ms']:.1f} ms; P offset F1 {s['P_offset_f1']:.3f}, T onset F1 "
+                        f"{s['T_onset_f1']:.3f} ({time.time() - t0:.0f} s)",
+                        flush=True,
+                    )
+                if "diagnosis" not in args.tasks:
+                    shutil.rmtree(tag_dir, ignore_errors=True)
+                    continue
                 # diagnosis: fine-tune and linear probe
                 clf = eb.train_diagnosis(
                     train, init, tag_dir / "diag", max_steps=diag_steps, seed=seed, device=args.device
@@ -189,12 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                 row("ludb_diagnosis_finetune", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_ft, y), sf)
                 row("ludb_diagnosis_linear_probe", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_lp, y), sf)
                 print(
-                    f"[study] {tag} seed {seed} {init_name}: delineation mean F1 {s['mean_f1']:.3f} "
-                    f"MAE {s['mean_abs_error_ms']:.1f} ms; AUROC ft {macro_auroc(p_ft, y):.3f} "
+                    f"[study] {tag} seed {seed} {init_name}: AUROC ft {macro_auroc(p_ft, y):.3f} "
                     f"lp {macro_auroc(p_lp, y):.3f} ({time.time() - t0:.0f} s)",
                     flush=True,
                 )
-                if init_name == "pretrained" and seed == seeds[0]:
+                if init_name == "pretrained" and seed == seeds[0] and "delineation" in args.tasks:
                     pv = eb.diagnosis_scores(clf, val)
                     yv = np.stack([r.diagnosis for r in val])
                     thr = choose_threshold(pv, yv, "f1")
@@ -250,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(p.stat().st_size for p in paths)
         print(f"[study] models: {', '.join(p.name for p in paths)} ({size / 1e6:.1f} MB)")
     readme = BUNDLE / "docs" / "README.md"
-    if readme.is_file():
-        render_results_table(args.results, readme)
+    if readme.is_file() and args.results.resolve() == (BUNDLE / "docs" / "results.json").resolve():
+        render_results_table(args.results, readme)  # another --results file never rewrites the model card
     (work / "done.json").write_text(json.dumps({"seconds": time.time() - t0}))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
