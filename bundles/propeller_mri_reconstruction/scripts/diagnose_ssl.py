@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="interleaved", choices=["interleaved", "contiguous"])
     p.add_argument("--model", nargs="*", default=[], help="trained checkpoints (model.pt with model.json)")
     p.add_argument("--images", type=int, default=4, help="test images used")
+    p.add_argument("--seed", type=int, default=0, help="test noise / phase of the study's seed (draw 2000 + seed)")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     data = args.data or P.default_data(BUNDLE)
     geo = P.PropellerGeometry(16, args.lines, args.readout, args.size)
     _, test_imgs = P.study_images(data, args.size)
-    acqs = P.make_acquisitions(test_imgs[: args.images], geo, [args.snr], seed=2000, n_coils=8)
+    acqs = P.make_acquisitions(test_imgs[: args.images], geo, [args.snr], seed=2000 + args.seed, n_coils=8)
     blades = geo.blades(args.fraction)
     traj = geo.trajectory(blades)
     a_mask, b_mask = (m.reshape(-1) for m in readout_split(*geo.sample_shape(len(blades)), mode=args.split))
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                  "psnr": float(np.mean(v["psnr"]))} for k, v in candidates.items()}
     ranked = [k for k in table if table[k]["loss"] is not None]
     out = {
-        "snr": args.snr, "fraction": args.fraction, "split": args.split, "images": len(acqs),
+        "snr": args.snr, "seed": args.seed, "fraction": args.fraction, "split": args.split, "images": len(acqs),
         "candidates_from_set_a": table,
         "spearman_loss_vs_minus_psnr": _spearman([table[k]["loss"] for k in ranked],
                                                  [-table[k]["psnr"] for k in ranked]),
