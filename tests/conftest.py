@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -182,3 +185,30 @@ def save_dicom() -> Callable[..., Path]:
 def phi_strings() -> list[str]:
     """Fake identifier strings placed into synthetic DICOM files."""
     return list(PHI_STRINGS)
+
+
+def _bundle_module(bundle: str, module: str) -> Iterator[ModuleType]:
+    """Import ``scripts.<module>`` of ``bundles/<bundle>`` (its folder first on sys.path), forget it afterwards."""
+    from medssl.bundles import _use_bundle_scripts
+
+    root = str(REPO / "bundles" / bundle)
+    _use_bundle_scripts(root)  # another bundle's folder and `scripts` package are forgotten
+    try:
+        yield importlib.import_module(f"scripts.{module}")
+    finally:
+        if root in sys.path:
+            sys.path.remove(root)
+        for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
+            del sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def us() -> Iterator[ModuleType]:
+    """The ultrasound bundle's ``scripts.us``."""
+    yield from _bundle_module("ultrasound_vjepa_segmentation", "us")
+
+
+@pytest.fixture(scope="module")
+def xca() -> Iterator[ModuleType]:
+    """The XCA bundle's ``scripts.xca``."""
+    yield from _bundle_module("xca_cmunet_segmentation", "xca")

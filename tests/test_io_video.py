@@ -6,7 +6,6 @@ right per frame, so the decoded frames can be checked against a property of the 
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -169,19 +168,6 @@ def test_medssl_io_import_stays_light():
 
 
 # ----------------------------------------------------------------------------------------------- US bundle
-
-
-@pytest.fixture(scope="module")
-def us():
-    from medssl.bundles import _use_bundle_scripts
-
-    _use_bundle_scripts(str(BUNDLE))
-    module = importlib.import_module("scripts.us")
-    yield module
-    if str(BUNDLE) in sys.path:
-        sys.path.remove(str(BUNDLE))
-    for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[key]
 
 
 @pytest.fixture()

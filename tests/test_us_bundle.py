@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "ultrasound_vjepa_segmentation"
 NAME = "ultrasound_vjepa_segmentation"
 TINY = {"img_size": 32, "num_frames": 4, "depth": 1, "hidden_size": 48}
-
-
-@pytest.fixture(scope="module")
-def us():
-    from medssl.bundles import _use_bundle_scripts
-
-    _use_bundle_scripts(str(BUNDLE))  # BUNDLE first on sys.path, another bundle's `scripts` forgotten
-    module = importlib.import_module("scripts.us")
-    yield module
-    if str(BUNDLE) in sys.path:
-        sys.path.remove(str(BUNDLE))
-    for key in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
-        del sys.modules[key]
 
 
 def _fake_scan(t: int = 6, seed: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:

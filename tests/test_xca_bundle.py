@@ -24,19 +24,6 @@ SHARED_XCA = REPO.parent / "shared" / "data" / "xca" / "fercer_coronary_xca80"
 SMALL = (8, 16, 32)
 
 
-@pytest.fixture(scope="module")
-def xca():
-    import importlib
-
-    from medssl.bundles import _use_bundle_scripts
-
-    _use_bundle_scripts(str(BUNDLE))
-    module = importlib.import_module("scripts.xca")
-    yield module
-    if str(BUNDLE) in sys.path:
-        sys.path.remove(str(BUNDLE))
-
-
 class _Fixed(nn.Module):
     """A 'decoder' that outputs a fixed image, whatever the features."""
 

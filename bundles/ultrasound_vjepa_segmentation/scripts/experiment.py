@@ -38,6 +38,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,17 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
     return rows
 
 
+def _frozen_features(out: Path, inits: Sequence[str], frames: dict[str, Any]) -> dict[str, Any]:
+    """``{init: (encoder state or None, frame features)}`` for the frozen inits (the study's encoders in ``out``)."""
+    states = {"pretrained": out / "pretrain" / "encoder.pt", "vjepa_noloc": out / "pretrain_noloc" / "encoder.pt"}
+    feats: dict[str, Any] = {}
+    for init in inits:
+        if init in FROZEN:
+            state = us.load_state(states[init]) if init in states else None
+            feats[init] = (state, us.add_features(frames, state, seed=0))
+    return feats
+
+
 def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, command: str,
                    write_models: bool, tag: str = "") -> list[dict[str, Any]]:
     """Every fine-tune of the grid; rows appended as they finish."""
@@ -185,12 +197,7 @@ def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, 
     frames, pool, test = us.load_task(data)
     _log({"pool": [r[-7:] for r in pool], "test": [r[-7:] for r in test],
           "frames": {r[-7:]: len(f["image"]) for r, f in frames.items()}})
-    states = {"pretrained": out / "pretrain" / "encoder.pt", "vjepa_noloc": out / "pretrain_noloc" / "encoder.pt"}
-    feats: dict[str, Any] = {}
-    for init in s["inits"]:
-        if init in FROZEN:
-            state = us.load_state(states[init]) if init in states else None
-            feats[init] = (state, us.add_features(frames, state, seed=0))
+    feats = _frozen_features(out, s["inits"], frames)
     rows = []
     for n in s["labels"]:
         for seed in s["seeds"]:
@@ -213,8 +220,9 @@ def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, 
                 if save is not None and write_models:
                     _copy_atomic(save, BUNDLE / "models" / "model.pt")
                     _copy_atomic(save.with_suffix(".json"), BUNDLE / "models" / "model.json")
-                    _copy_atomic(states["pretrained"], BUNDLE / "models" / "pretrained_encoder.pt")
-                    _copy_atomic(states["pretrained"].with_suffix(".json"),
+                    encoder = out / "pretrain" / "encoder.pt"
+                    _copy_atomic(encoder, BUNDLE / "models" / "pretrained_encoder.pt")
+                    _copy_atomic(encoder.with_suffix(".json"),
                                  BUNDLE / "models" / "pretrained_encoder.json")
     return rows
 
@@ -318,14 +326,10 @@ def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: P
     test, val, pool = split["test"], split["val"], split["pool"]
     frames = {name: us.prepare_frames([pairs[name]], keep_full=name in test) for name in [*test, *val, *pool]}
     _log({"task": HC18_TASK, "test": len(test), "val": len(val), "pool": len(pool)})
-    states = {"pretrained": out / "pretrain" / "encoder.pt", "vjepa_noloc": out / "pretrain_noloc" / "encoder.pt"}
-    feats: dict[str, Any] = {}
-    for init in s["inits"]:
-        if init in FROZEN:
-            state = us.load_state(states[init]) if init in states else None
-            feats[init] = (state, us.add_features(frames, state, seed=0))
-            tokens = torch.cat([feats[init][1][r]["tokens"] for r in pool])
-            _log({"encoder": init, "effective_rank_hc18_pool": round(us.effective_rank(tokens), 2)})
+    feats = _frozen_features(out, s["inits"], frames)
+    for init, (_, init_feats) in feats.items():
+        tokens = torch.cat([init_feats[r]["tokens"] for r in pool])
+        _log({"encoder": init, "effective_rank_hc18_pool": round(us.effective_rank(tokens), 2)})
     split_ref = HC18_SPLIT_REF if results_json.parent == BUNDLE / "docs" else os.fspath(out / "hc18_split.json")
     rows = []
     for n in s["labels"]:
