@@ -88,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         return float((op_out.data_loss(x, aty, n2) / n2).mean())
 
     candidates: dict[str, dict[str, list[float]]] = {}
-    nets = {m: P.load_model(m)[0] for m in args.model}
+    from medssl.errors import MedsslError
+
+    try:
+        nets = {m: P.load_model(m)[0] for m in args.model}
+    except MedsslError as exc:  # a missing or foreign checkpoint: one line, exit code 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     net_rows: dict[str, dict[str, list[float]]] = {m: {} for m in args.model}
     for acq in acqs:
         y = acq["kspace"][:, blades].reshape(1, acq["kspace"].shape[0], -1)
