@@ -74,7 +74,6 @@ class UnrolledRecon(nn.Module):
 
         self.final_denoise = bool(final_denoise)
         self.kspace_support = bool(kspace_support)
-        self._support: torch.Tensor | None = None
         self.n_unrolls = int(n_unrolls)
         self.cg_iters = int(cg_iters)
         self.channels = tuple(int(c) for c in channels)
@@ -91,8 +90,14 @@ class UnrolledRecon(nn.Module):
         """The data-consistency weight (positive)."""
         return self.log_mu.exp()
 
-    def denoise(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + R(x)`` on complex ``[B, H, W]`` (sizes not divisible by 4 are padded)."""
+    def denoise(self, x: torch.Tensor, support: torch.Tensor | None = None) -> torch.Tensor:
+        """``x + R(x)`` on complex ``[B, H, W]`` (sizes not divisible by 4 are padded).
+
+        Args:
+            x: complex images.
+            support: optional boolean ``[H, W]`` k-space mask (:func:`kspace_support_mask`) that ``R(x)`` is
+                projected onto.
+        """
         h, w = x.shape[-2:]
         m = 2 ** (len(self.channels) - 1)
         ph, pw = (-h) % m, (-w) % m
@@ -100,22 +105,19 @@ class UnrolledRecon(nn.Module):
         if ph or pw:
             c = nn.functional.pad(c, (0, pw, 0, ph), mode="reflect")
         r = to_complex(self.res_gain * self.regulariser(c)[..., :h, :w])
-        if self._support is not None and tuple(self._support.shape) == (h, w):
-            r = torch.fft.ifft2(torch.fft.fft2(r) * self._support.to(r.device))
+        if support is not None:
+            r = torch.fft.ifft2(torch.fft.fft2(r) * support.to(r.device))
         return x + r
 
     def reconstruct(self, op: PropellerOperator, aty: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
         """The unrolled reconstruction from ``AᴴWy`` (``[B, N, N]``; ``op`` carries the batch's coil maps)."""
         x = op.gridding_from_adjoint(aty) if x0 is None else x0
         mu = self.mu
-        self._support = kspace_support_mask(op.traj, op.im_size) if self.kspace_support else None
-        try:
-            for _ in range(self.n_unrolls):
-                z = self.denoise(x)
-                x = conjugate_gradient(op.normal, aty + mu * z, x0=z, n_iter=self.cg_iters, lam=mu)
-            return self.denoise(x) if self.final_denoise else x
-        finally:
-            self._support = None
+        support = kspace_support_mask(op.traj, op.im_size) if self.kspace_support else None
+        for _ in range(self.n_unrolls):
+            z = self.denoise(x, support)
+            x = conjugate_gradient(op.normal, aty + mu * z, x0=z, n_iter=self.cg_iters, lam=mu)
+        return self.denoise(x, support) if self.final_denoise else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The regulariser chain alone on a real ``[B, 2, H, W]`` image (no data consistency)."""
