@@ -277,6 +277,43 @@ def test_infer_cli_twix_and_bad_input(tmp_path, capsys):
     assert nii.shape == (160, 160) and np.isfinite(nii).all() and nii.std() > 0
 
 
+def test_shipped_checkpoint_matches_its_model_card(shared_data):
+    """The committed network, re-evaluated on the fixed test images, gives the figures docs/results.json holds."""
+    import importlib
+
+    from medssl.bundles import _use_bundle_scripts
+    from medssl.eval.results import load_results
+
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        pytest.skip("no shipped checkpoint in models/")
+    _use_bundle_scripts(str(BUNDLE))
+    try:
+        prop = importlib.import_module("scripts.propeller")
+        if not prop.is_full_dataset(shared_data):
+            pytest.skip("../shared/data lacks the study images")
+        net, meta = prop.load_model(BUNDLE / "models" / "model.pt")
+        geo = prop.PropellerGeometry(**{k: meta["geometry"][k] for k in ("n_blades", "n_lines", "n_readout",
+                                                                           "im_size")})
+        _, test = prop.study_images(shared_data, geo.im_size)
+        acqs = prop.make_acquisitions(test, geo, [10.0], seed=2000, n_coils=meta["geometry"]["n_coils"])
+        res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": net})["metrics"]
+    finally:
+        if str(BUNDLE) in sys.path:
+            sys.path.remove(str(BUNDLE))
+    ours = float(np.mean(res["self_supervised"]["psnr"]))
+    # gridding from the same acquisitions, computed here (no network): the network removes most of the noise
+    op = PropellerOperator(geo.trajectory(geo.blades(0.5)), geo.im_size, acqs[0]["sens"])
+    grid = []
+    for a in acqs:
+        y = a["kspace"][:, geo.blades(0.5)].reshape(1, a["kspace"].shape[0], -1)
+        grid.append(image_metrics(op.with_sens(a["sens"]).gridding(y).abs()[0], a["magnitude"], a["mask"])["psnr"])
+    assert ours > float(np.mean(grid)) + 1.0
+    card = [r["value"] for r in load_results(BUNDLE / "docs" / "results.json")
+            if r["task"] == "propeller_128px_snr10_half_blades_model" and r["seed"] == 0
+            and r["method"] == "self_supervised" and r["metric"] == "psnr"]
+    assert len(card) == 1 and abs(ours - card[0]) < 0.05
+
+
 def test_fixed_split_on_shared_data(shared_data):
     import importlib
 

@@ -68,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--coils", type=int, default=8)
     p.add_argument("--skip", nargs="*", default=[], choices=["conventional", "calibration", "trained"])
     p.add_argument("--budget-minutes", type=float, default=0.0, help="stop starting trainings after this long")
-    p.add_argument("--no-models", action="store_true")
+    p.add_argument("--no-models", action="store_true", help="never write models/ (the default unless --write-models)")
+    p.add_argument("--write-models", action="store_true",
+                   help="copy the seed-0 self-supervised half-blade network to models/, replacing the shipped one")
+    p.add_argument("--evaluate", default=None, metavar="MODEL",
+                   help="evaluate this trained checkpoint (e.g. models/model.pt) beside the conventional methods on "
+                        "every seed's test acquisitions, instead of training; rows under the task suffix _model")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
     p.add_argument("--calibration-tune", action="store_true",
                    help="also tune CG-SENSE / the denoiser at the 256² calibration setting (slow on a CPU)")
@@ -105,9 +110,11 @@ def summary_table(results: str | os.PathLike[str]) -> str:
         groups.setdefault(key, {}).setdefault(r["method"], {}).setdefault(r["metric"], []).append(r["value"])
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
-    for key in sorted(groups, key=lambda k: ("calib" in k[0], -k[2], k[3])):
+    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_model"), -k[2], k[3])):
         task, size, snr, frac = key
         label = "study"
+        if task.endswith("_model"):
+            label = "the shipped checkpoint `models/model.pt` on every seed's test acquisitions"
         if "calib" in task:
             label = "calibration, conventional only, " + ("tuned on training images" if "tuned" in task else
                                                           "the issue's settings")
@@ -226,7 +233,25 @@ def main(argv: list[str] | None = None) -> int:
                                                             res["metrics"].items()})
 
     skipped = []
-    if "trained" not in args.skip:
+    if args.evaluate:
+        net, meta = P.load_model(args.evaluate)
+        extra = {"model": os.fspath(args.evaluate), "steps": meta.get("steps"), "trained_seed": meta.get("seed")}
+        method = str(meta.get("method", "self_supervised"))
+        for s in args.seeds:
+            for snr in args.snrs:
+                for frac in args.fractions:
+                    res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), networks={method: net},
+                                     conv=conv[(snr, frac)], keep_images=s == args.seeds[0])
+                    _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + "_model",
+                          extra=extra)
+                    _log(seed=s, snr=snr, fraction=frac, model=os.fspath(args.evaluate),
+                         **{m: float(np.mean(v["psnr"])) for m, v in res["metrics"].items()})
+                    if s == args.seeds[0] and not args.no_figures:
+                        for i, (name, _) in enumerate(test_imgs):
+                            figure(figs / f"model_{name}_snr{snr:g}_{'all' if frac >= 1 else 'half'}.png", res, i,
+                                   f"{name}: SNR {snr:g}, {len(geo.blades(frac))} of {geo.n_blades} blades "
+                                   f"(shipped model, test noise seed {s})")
+    if "trained" not in args.skip and not args.evaluate:
         for s in args.seeds:
             train_acq = P.make_acquisitions(train_imgs, geo, args.snrs, seed=1000 + s, n_coils=args.coils)
             for frac in args.fractions:
@@ -259,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                         _rows(results, res, size, snr, frac, s, command, extra={"steps": args.steps})
                         _log(seed=s, snr=snr, fraction=frac, method=method,
                              psnr=float(np.mean(res["metrics"][method]["psnr"])))
-                    if full and not args.no_models and method == "self_supervised" and frac == 0.5 and \
-                            s == args.seeds[0]:
+                    ship = method == "self_supervised" and frac == 0.5 and s == args.seeds[0]
+                    if full and args.write_models and not args.no_models and ship:
                         for suffix in (".pt", ".json"):
                             dst = BUNDLE / "models" / f"model{suffix}"
                             tmp = dst.with_name(f".{dst.name}.tmp")
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                         for i, (name, _) in enumerate(test_imgs):
                             figure(figs / f"{name}_snr{snr:g}_{'all' if frac >= 1 else 'half'}.png", res, i,
                                    f"{name}: SNR {snr:g}, {len(blades)} of {geo.n_blades} blades (seed {s})")
-    if "calibration" not in args.skip and not args.quick:
+    if "calibration" not in args.skip and not args.quick and not args.evaluate:
         big = P.PropellerGeometry(16, 24, 256, 256)
         tr256, te256 = P.study_images(data, 256)
         pool = P.make_acquisitions(tr256[:: max(1, len(tr256) // 4)][:4], big, [20.0], seed=999, n_coils=8) \
