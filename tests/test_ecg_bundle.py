@@ -82,6 +82,27 @@ def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytes
     assert (tmp_path / "pre" / "encoder.pt").is_file()
 
 
+def test_pretraining_with_per_lead_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``norm_pix: false`` reaches the MAE loss and every extra target; the trivial loss is then not 1."""
+    p = _parser(
+        "pretrain", monkeypatch, data=str(cinc_records()[0].parent), output_dir=str(tmp_path / "pre"),
+        max_steps=2, batch_size=4, device="cpu", norm_pix=False,
+    )
+    with pytest.warns(UserWarning, match="JS20008"):
+        (hist,) = p.get_parsed_content("run")
+    method = hist["method"]
+    assert method.norm_pix is False and method.extra_targets.norm_pix is False
+    # per-lead targets of a lead-standardised signal: a masked patch's own mean is no longer 0
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import ecg_bundle as eb
+
+    x = [np.sin(np.linspace(0, 60, eb.WINDOW))[None].repeat(12, 0) * 3.0 + 1.0]
+    q = eb.reconstruction_metrics(method, x)
+    assert q["zero_mse"] > q["baseline_mse"] > 0
+
+
 @pytest.fixture(scope="module")
 def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ folder in the shipped format with untrained weights (the test does not rely on models/)."""
@@ -175,3 +196,27 @@ def test_mitbih_beats_and_the_rr_baseline(shared_data: Path) -> None:
     rows = mitbih.evaluate(header, {}, fractions=(1.0,), seeds=(0,))
     auroc = next(r["value"] for r in rows if r["init"] == "rr_only" and r["metric"] == "auroc")
     assert auroc > 0.95
+
+
+def test_linear_reference_sees_only_the_visible_context() -> None:
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import diagnose_plateau
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(2, 12, 30, 75))
+    vis = (rng.random((2, 12, 30)) < 0.25).astype(float)
+    f = diagnose_plateau._context_features(p, vis, lead=3)
+    assert f.shape == (2, 30, 13 * 75)
+    # the target itself (lead 3 at time t) is never a feature, even where it is visible
+    vis_all = np.ones_like(vis)
+    f_all = diagnose_plateau._context_features(p, vis_all, lead=3)
+    for t in (0, 7, 29):
+        assert not any(np.allclose(f_all[0, t, k * 75 : (k + 1) * 75], p[0, 3, t]) for k in range(13))
+    # the same-time patch of lead 0 and the previous patch of lead 3, zeroed where masked
+    assert np.allclose(f_all[1, 5, :75], p[1, 0, 5])
+    assert np.allclose(f_all[1, 5, 11 * 75 : 12 * 75], p[1, 3, 4])
+    assert np.allclose(f_all[1, 0, 11 * 75 : 12 * 75], 0.0) and np.allclose(f_all[1, 29, 12 * 75 :], 0.0)
+    masked = vis[0, 0] == 0
+    assert np.allclose(f[0][masked][:, :75], 0.0)

@@ -320,8 +320,12 @@ def pretrain(
     exclude_ludb: Sequence[str] = LUDB_TEST_IDS,
     progress: bool = False,
     num_workers: int = 0,
+    norm_pix: bool = True,
 ) -> dict[str, Any]:
     """Self-supervised MAE pretraining (time + frequency + coarse targets) on unlabelled ECGs.
+
+    ``norm_pix`` normalises every target patch by its own mean and standard deviation (MAE's choice); with
+    ``False`` the targets are the patches of the lead-standardised signal (per-lead normalisation).
 
     Writes ``output_dir/checkpoints/last.pt`` (the trainer's) and ``output_dir/encoder.pt`` (the encoder's
     state dict). Returns the trainer history plus ``"checkpoint"`` and ``"encoder"`` paths.
@@ -352,8 +356,8 @@ def pretrain(
     method = MAE(
         encoder,
         decoder,
-        norm_pix=True,
-        extra_targets=TimeFrequencyTargets(freq_weight, coarse_weight, coarse_factor, norm_pix=True),
+        norm_pix=norm_pix,
+        extra_targets=TimeFrequencyTargets(freq_weight, coarse_weight, coarse_factor, norm_pix=norm_pix),
     )
     collate = MaskCollator(RandomPatchMask(encoder.grid_size, mask_ratio))
     loader = make_loader(ds, min(batch_size, len(ds)), collate, seed=seed, num_workers=num_workers)
@@ -395,7 +399,9 @@ def reconstruction_metrics(
     """Masked-patch reconstruction MSE and SDSC of a pretrained MAE on the first 9 s of ``signals``.
 
     Also returns the same metrics for the trivial prediction (each masked patch = its own mean:
-    ``baseline_mse``, ``baseline_sdsc``) so the numbers can be read.
+    ``baseline_mse``, ``baseline_sdsc``) so the numbers can be read. A model trained on per-lead targets
+    (``norm_pix=False``) is scored on its raw output, against the same own-mean baseline (which knows each
+    masked patch's mean, so it is an oracle for such a model) and against the lead mean (``zero_mse``).
     """
     from medssl.losses.jepa import gather_tokens
     from medssl.losses.spectral import reconstruction_quality
@@ -407,9 +413,10 @@ def reconstruction_metrics(
     ctx, tgt = RandomPatchMask(method.encoder.grid_size, mask_ratio)(len(x), torch.Generator().manual_seed(seed))
     pred = method.decoder(method.encoder(x, context_idx=ctx), ctx, tgt)
     target = gather_tokens(patchify(x, method.encoder), tgt)
-    q = reconstruction_quality(pred, target)
+    q = reconstruction_quality(pred, target, norm_pix=bool(getattr(method, "norm_pix", True)))
     b = reconstruction_quality(torch.zeros_like(pred), target)
-    return {**q, "baseline_mse": b["mse"], "baseline_sdsc": b["sdsc"]}
+    z = reconstruction_quality(torch.zeros_like(pred), target, norm_pix=False)
+    return {**q, "baseline_mse": b["mse"], "baseline_sdsc": b["sdsc"], "zero_mse": z["mse"]}
 
 
 def sample_dir() -> Path:

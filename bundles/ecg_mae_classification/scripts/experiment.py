@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="use these pretrained encoder weights instead of pretraining (e.g. a previous study's)")
     ap.add_argument("--tasks", nargs="+", default=["delineation", "diagnosis", "mitbih"],
                     choices=["delineation", "diagnosis", "mitbih"], help="downstream parts to run")
+    ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"],
+                    help="encoder initialisations to fine-tune (scratch rows do not depend on the pretraining)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*AUROC.*")
@@ -98,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. pretraining (or a given encoder)
     hist: dict | None = None
-    if args.encoder is not None:
+    enc_path: str | None = None
+    if "pretrained" not in args.inits:
+        print("[study] scratch only: no pretraining")
+    elif args.encoder is not None:
         if not args.encoder.is_file():
             print(f"experiment: {args.encoder}: encoder weights not found", file=sys.stderr)
             return 2
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[study] reconstruction on LUDB test: {rq}")
     # MIT-BIH beats (normal vs atrial premature): pretrained against random encoder and the RR baseline
     mitbih_header = Path(root) / "mitbih_arrhythmia_100" / "100.hea"
-    if mitbih_header.is_file() and "mitbih" in args.tasks:
+    if mitbih_header.is_file() and "mitbih" in args.tasks and enc_path is not None:
         from scripts import mitbih
 
         for r in mitbih.evaluate(mitbih_header, {"pretrained": enc_path, "random_frozen": None}, seeds=seeds):
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             train = [by_name[i] for i in split.train]
             val = [by_name[i] for i in split.val]
             for init_name, init in (("pretrained", enc_path), ("scratch", None)):
+                if init_name not in args.inits:
+                    continue
                 tag_dir = work / f"{tag}_s{seed}_{init_name}"
                 if "delineation" in args.tasks:
                     dl = eb.train_delineation(
@@ -222,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                     final = {"clf": clf, "dl": dl, "thr": thr, "tag": tag, "n_train": len(train)}
                 shutil.rmtree(tag_dir, ignore_errors=True)
     # the shipped models: pretrained, all training records, seed 0 (trained here if 100 % was not in the grid)
-    if not args.no_models and (not final or final["n_train"] < pool - n_val):
+    if enc_path is None and not args.no_models:
+        print("[study] scratch only: no models written")
+    elif not args.no_models and (not final or final["n_train"] < pool - n_val):
         split = label_fraction_split(
             ids, labels, fraction=1.0, seed=seeds[0], test_ids=list(eb.LUDB_TEST_IDS), val_fraction=n_val / pool
         )
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     # 3. models and table
-    if not args.no_models and final:
+    if not args.no_models and final and enc_path is not None:
         enc = eb.build_encoder()
         eb.load_encoder_weights(enc, enc_path)
         info = {
