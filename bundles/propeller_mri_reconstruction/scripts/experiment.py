@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-models", action="store_true", help="never write models/ (the default unless --write-models)")
     p.add_argument("--write-models", action="store_true",
                    help="copy the seed-0 self-supervised half-blade network to models/, replacing the shipped one")
+    p.add_argument("--results", default=None,
+                   help="rows file (default: docs/results.json with the full data, else OUT/results.json); the "
+                        "model card's table is re-rendered only from docs/results.json")
     p.add_argument("--evaluate", default=None, metavar="MODEL",
                    help="evaluate this trained checkpoint (e.g. models/model.pt) beside the conventional methods on "
                         "every seed's test acquisitions, instead of training; rows under the task suffix _model")
@@ -189,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.seeds, args.snrs, args.fractions = min(args.steps, 10), args.seeds[:1], args.snrs[:1], [0.5]
     results = BUNDLE / "docs" / "results.json" if full else out / "results.json"
-    figs = BUNDLE / "docs" / "figures" if full else out / "figures"
+    card = full and args.results is None
+    if args.results is not None:
+        results = Path(args.results).resolve()
+    figs = BUNDLE / "docs" / "figures" if card else out / "figures"
     command = "python bundles/propeller_mri_reconstruction/scripts/experiment.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     size = args.size
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     _log(calibration=name, seed=s, fraction=frac, **{m: float(np.mean(v["psnr"])) for m, v in
                                                                      res["metrics"].items()})
 
-    if full:
+    if card:
         render(results, BUNDLE / "docs" / "README.md")
     print(summary_table(results), flush=True)
     _log(minutes=round((time.time() - t0) / 60, 2), skipped=skipped, results=os.fspath(results))
