@@ -16,7 +16,8 @@ masked patch from the same visible context the MAE has (the same-time patches of
 same lead's neighbouring patches; zero where masked), one regression per lead, fitted on LUDB records 1-120
 and scored on the masked patches of the test records 121-160 (first 9 s, mask ratio 0.75), for both target
 normalisations (per patch, as MAE's ``norm_pix``; per lead). Beside it: the trivial predictions (zero, and
-each masked patch's own mean). A learned MAE should do at least as well as this linear reference.
+each masked patch's own mean) and copying the first visible other lead at the same time (no sign). A
+learned MAE should do at least as well as this linear reference.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def linear_reference(data: Path | None, seed: int = 0, ridge: float = 10.0) -> i
             q = (patches - patches.mean(-1, keepdims=True)) / np.sqrt(patches.var(-1, keepdims=True) + 1e-6)
         else:
             q = patches
-        err, zero, own_mean = [], [], []
+        err, zero, own_mean, copy = [], [], [], []
         for lead in range(q.shape[1]):
             f = _context_features(q, vis, lead)
             masked = vis[:, lead] == 0
@@ -120,8 +121,15 @@ def linear_reference(data: Path | None, seed: int = 0, ridge: float = 10.0) -> i
             err.append(((f[score] @ w - tgt) ** 2).sum())
             zero.append((tgt**2).sum())
             own_mean.append(((tgt - tgt.mean(-1, keepdims=True)) ** 2).sum())
+            # copy the first visible other lead at the same time, without a sign (zero where none is visible)
+            others = [m for m in range(q.shape[1]) if m != lead]
+            first = np.argmax(vis[:, others], axis=1)  # [n, T]
+            guess = np.take_along_axis(q[:, others], first[:, None, :, None], axis=1)[:, 0]
+            guess = guess * vis[:, others].max(axis=1)[..., None]
+            copy.append(((guess[score] - tgt) ** 2).sum())
         size = sum(int((vis[is_test, lead] == 0).sum()) for lead in range(q.shape[1])) * eb.PATCH
-        out[norm] = {"ridge_mse": sum(err) / size, "zero_mse": sum(zero) / size, "own_mean_mse": sum(own_mean) / size}
+        out[norm] = {"ridge_mse": sum(err) / size, "zero_mse": sum(zero) / size,
+                     "own_mean_mse": sum(own_mean) / size, "copy_same_time_mse": sum(copy) / size}
     print(json.dumps(out))
     return 0
 

@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", type=Path, default=None,
                     help="use these pretrained encoder weights instead of pretraining (e.g. a previous study's)")
     ap.add_argument("--tasks", nargs="+", default=["delineation", "diagnosis", "mitbih"],
-                    choices=["delineation", "diagnosis", "mitbih"], help="downstream parts to run")
+                    choices=["delineation", "diagnosis", "mitbih", "reconstruction"],
+                    help="downstream parts to run ('reconstruction' alone: pretrain and score the masked patches)")
+    ap.add_argument("--target-norm", choices=["patch", "lead"], default="patch",
+                    help="MAE targets normalised per patch (norm_pix, the default) or per lead")
     ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"],
                     help="encoder initialisations to fine-tune (scratch rows do not depend on the pretraining)")
     args = ap.parse_args(argv)
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         enc_path = str(args.encoder)
         print(f"[study] encoder {enc_path} (no pretraining)")
     else:
-        hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device)
+        hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device,
+                           norm_pix=args.target_norm == "patch")
         enc_path = hist["encoder"]
         losses = hist["loss"]
         print(
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
 
-    for f in fractions:
+    downstream = bool({"delineation", "diagnosis"} & set(args.tasks))
+    for f in fractions if downstream else []:
         for seed in seeds:
             lf_val, count, frac = _fraction_label(f, pool - n_val)
             split = label_fraction_split(
@@ -229,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     final = {"clf": clf, "dl": dl, "thr": thr, "tag": tag, "n_train": len(train)}
                 shutil.rmtree(tag_dir, ignore_errors=True)
     # the shipped models: pretrained, all training records, seed 0 (trained here if 100 % was not in the grid)
-    if enc_path is None and not args.no_models:
+    if not downstream:
+        pass
+    elif enc_path is None and not args.no_models:
         print("[study] scratch only: no models written")
     elif not args.no_models and (not final or final["n_train"] < pool - n_val):
         split = label_fraction_split(
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     # 3. models and table
-    if not args.no_models and final and enc_path is not None:
+    if downstream and not args.no_models and final and enc_path is not None:
         enc = eb.build_encoder()
         eb.load_encoder_weights(enc, enc_path)
         info = {
