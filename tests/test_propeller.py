@@ -277,6 +277,22 @@ def test_infer_cli_twix_and_bad_input(tmp_path, capsys):
     assert nii.shape == (160, 160) and np.isfinite(nii).all() and nii.std() > 0
 
 
+def test_network_def_loads_the_shipped_checkpoint():
+    """A MONAI user's path: inference.json's network_def takes models/model.pt strictly, as model.json says."""
+    import json
+
+    from medssl.bundles import load_bundle_config
+
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        pytest.skip("no shipped checkpoint in models/")
+    net = load_bundle_config("propeller_mri_reconstruction", "inference").get_parsed_content("network_def")
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    info = json.loads((BUNDLE / "models" / "model.json").read_text())["network"]
+    assert list(net.channels) == info["channels"] and net.n_unrolls == info["n_unrolls"]
+    # trained: the zero-initialised residual gain has moved
+    assert net.cg_iters == info["cg_iters"] and float(net.res_gain.detach()) != 0.0
+
+
 def test_shipped_checkpoint_matches_its_model_card(shared_data):
     """The committed network, re-evaluated on the fixed test images, gives the figures docs/results.json holds."""
     import importlib

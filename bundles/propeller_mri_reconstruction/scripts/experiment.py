@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lines", type=int, default=12)
     p.add_argument("--readout", type=int, default=256, help="readout samples (256 at 128²: 2x oversampling)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64],
+                   help="U-Net widths of the trained networks (the study's tables: 16 32 64; the shipped model: "
+                        "32 64 128 256)")
     p.add_argument("--blades", type=int, default=16)
     p.add_argument("--coils", type=int, default=8)
     p.add_argument("--skip", nargs="*", default=[], choices=["conventional", "calibration", "trained"])
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         (s, snr): P.make_acquisitions(test_imgs, geo, [snr], seed=2000 + s, n_coils=args.coils)
         for s in args.seeds for snr in args.snrs}
     tune_imgs = train_imgs[:: max(1, len(train_imgs) // 6)][:6]
-    skip_tuning = only_calibration or ("conventional" in args.skip and args.no_figures)
+    skip_tuning = only_calibration or ("conventional" in args.skip and args.no_figures and not args.evaluate)
     tune_pool = [] if skip_tuning else P.make_acquisitions(tune_imgs, geo, args.snrs, seed=999, n_coils=args.coils)
     conv: dict[tuple[float, float], dict[str, Any]] = {}
     for snr in [] if skip_tuning else args.snrs:
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     t1 = time.time()
                     torch.manual_seed(s)
-                    net = P.build_network()
+                    net = P.build_network(channels=args.channels)
                     m = P.build_method(method, net, geo, blades, seed=s)
                     run_dir = out / f"{method}_f{frac:g}_s{s}"
                     hist = P.train(m, P.BladeDataset(train_acq, blades), run_dir, args.steps, lr=args.lr, seed=s)

@@ -76,7 +76,7 @@ __all__ = [
 TASK = "propeller_reconstruction"
 METHODS = ("self_supervised", "ssdu", "supervised", "gridding", "gridding_denoise", "cg_sense", "cg_sense_denoise")
 TRAINED = ("self_supervised", "ssdu", "supervised")
-NET_DEFAULTS: dict[str, Any] = {"n_unrolls": 3, "cg_iters": 3, "channels": [16, 32, 64]}
+NET_DEFAULTS: dict[str, Any] = {"n_unrolls": 3, "cg_iters": 3, "channels": [32, 64, 128, 256]}
 
 TRAIN_FILES = {"example4d": "volumes/nifti/example4d.nii.gz", "emri": "mri/magnitude_images_dicom/emri_small.dcm",
                "shoulder": "mri/magnitude_images_dicom/MR2_UNCR.dcm"}
