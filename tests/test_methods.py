@@ -92,7 +92,8 @@ def test_jepa_forward_backward_ema_and_aux_losses():
     pred = JEPAPredictor(enc.num_patches, 32, predictor_dim=16, depth=1, num_heads=2, grid_size=enc.grid_size)
     m = JEPA(enc, pred, loss_weights={"dispersive": 0.1}, loc_weight=0.5, pos_noise=PosNoiseSchedule(0.2))
     out = m(token_batch(enc))
-    assert {"loss", "loss_pred", "loss_loc", "loss_disp", "pos_noise_std"} <= set(out)
+    assert {"loss", "loss_pred", "loss_loc", "loss_disp", "pos_noise_std", "encoder_rank"} <= set(out)
+    assert 1.0 <= float(out["encoder_rank"]) <= 32.0  # the collapse monitor: within [1, encoder width]
     assert out["loss"].ndim == 0 and out["loss"].requires_grad and not out["loss_pred"].requires_grad
     expected = out["loss_pred"] + 0.5 * out["loss_loc"] + 0.1 * out["loss_disp"]
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -33,6 +33,7 @@ _EXPORTS = {
     "nmse": "metrics",
     "psnr": "metrics",
     "ssim": "metrics",
+    "effective_rank": "representation",
     "append_result": "results",
     "render_results_table": "results",
     "summarise": "results",

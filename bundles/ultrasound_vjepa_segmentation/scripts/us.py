@@ -573,14 +573,10 @@ def encode_frames(encoder_state: Mapping[str, torch.Tensor] | None, images: torc
 
 
 def effective_rank(tokens: torch.Tensor) -> float:
-    """Effective rank (exp of the entropy of the normalised singular-value energies) of centred token features.
+    """Effective rank of centred token features (:func:`medssl.eval.effective_rank`): about 1 means collapse."""
+    from medssl.eval.representation import effective_rank as _effective_rank
 
-    A label-free collapse check: about 1 means every token maps to nearly the same direction.
-    """
-    x = tokens.reshape(-1, tokens.shape[-1]).double()
-    s = torch.linalg.svdvals(x - x.mean(0))
-    p = s**2 / (s**2).sum().clamp_min(1e-30)
-    return float(torch.exp(-(p * p.clamp_min(1e-30).log()).sum()))
+    return _effective_rank(tokens)
 
 
 def _val_threshold(probs: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:

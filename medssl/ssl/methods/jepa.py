@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...eval.representation import effective_rank
 from ...losses.dispersive import dispersive_loss
 from ...losses.jepa import jepa_loss
 from ...losses.localisation import LocalisationHead, localisation_loss, token_coordinates
@@ -134,6 +135,8 @@ class JEPA(SSLMethod):
             out["loss_disp"] = loss_disp.detach()
         out["loss"] = loss
         out["pos_noise_std"] = torch.tensor(float(noise))
+        # collapse monitor (logged with the losses): effective rank of the context encoder's tokens
+        out["encoder_rank"] = torch.tensor(effective_rank(z, max_tokens=2048))
         return out
 
     def on_step_end(self, step: int, max_steps: int) -> None:
