@@ -120,6 +120,25 @@ def test_jepa_forward_backward_ema_and_aux_losses():
         m({"image": torch.rand(2, 1, 32, 32)})
 
 
+def test_jepa_token_level_dispersive_term():
+    torch.manual_seed(0)
+    enc = tiny_encoder()
+    pred = JEPAPredictor(enc.num_patches, 32, predictor_dim=16, depth=1, num_heads=2, grid_size=enc.grid_size)
+    batch = token_batch(enc)
+    z = enc(batch["image"], context_idx=batch["context_idx"]).detach()
+    m = JEPA(enc, pred, loss_weights={"dispersive": 0.5}, dispersive_on="tokens", dispersive_max_tokens=10_000)
+    out = m(batch)
+    # every context token of every sample is one point (not one point per sample)
+    from medssl.losses.dispersive import dispersive_loss
+
+    assert out["loss_disp"].item() == pytest.approx(dispersive_loss(z.reshape(-1, 32)).item(), rel=1e-5)
+    assert out["loss_disp"].item() != pytest.approx(dispersive_loss(z).item(), rel=1e-3)
+    out["loss"].backward()
+    assert any(p.grad is not None for p in enc.parameters())
+    with pytest.raises(ValueError, match="dispersive_on"):
+        JEPA(enc, pred, dispersive_on="pixels")
+
+
 def test_mae_forward_backward_and_hook():
     torch.manual_seed(0)
     enc = tiny_encoder()

@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=None)
     p.add_argument("--pretrain-lr", type=float, default=None, help="pretraining peak learning rate (default 5e-4)")
     p.add_argument("--loc-weight", type=float, default=0.1, help="localisation loss weight (default 0.1)")
+    p.add_argument("--dispersive-weight", type=float, default=0.0,
+                   help="sweep: token-level dispersive loss weight (default 0: off), init vjepa_loc<w>_disp<d>")
     p.add_argument("--tag", default="", help="suffix of the init names in the result rows (ablations, e.g. "
                    "_lr1.5e-4 for a second pretraining in another --out); a tagged run never writes models/")
     p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
@@ -143,21 +145,23 @@ def stage_diagnose(data: str, out: Path) -> None:
 
 
 def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, results_json: Path,
-                command: str) -> list[dict[str, Any]]:
+                command: str, dispersive_weight: float = 0.0) -> list[dict[str, Any]]:
     """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes."""
     from medssl.eval.results import append_result
 
-    name = f"loc{loc_weight:g}"
+    name = f"loc{loc_weight:g}" + (f"_disp{dispersive_weight:g}" if dispersive_weight else "")
     enc = out / f"pretrain_{name}" / "encoder.pt"
     if not enc.is_file():
         t0 = time.time()
         hist = us.pretrain(data, enc.parent, loc_weight=loc_weight, max_steps=s["pretrain_steps"],
                            batch_size=s["pretrain_batch"], num_frames=s["num_frames"], device="cpu",
-                           lr=s["pretrain_lr"],
+                           lr=s["pretrain_lr"], dispersive_weight=dispersive_weight,
                            num_workers=s["workers"], log_every=10)
         loss = [float(v) for v in hist["loss"]]
-        _log({"pretrained": enc.parent.name, "loc_weight": loc_weight, "loss_last10": sum(loss[-10:]) / 10,
-              "seconds": round(time.time() - t0, 1)})
+        rank = [float(v) for v in hist.get("encoder_rank", [])]
+        _log({"pretrained": enc.parent.name, "loc_weight": loc_weight, "dispersive_weight": dispersive_weight,
+              "loss_last10": sum(loss[-10:]) / 10, "encoder_rank_first10": sum(rank[:10]) / max(1, len(rank[:10])),
+              "encoder_rank_last10": sum(rank[-10:]) / max(1, len(rank[-10:])), "seconds": round(time.time() - t0, 1)})
     frames, pool, test = us.load_task(data)
     state = us.load_state(enc)
     feats = us.add_features(frames, state, seed=0)
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "diagnose":
         stage_diagnose(data, out)
     if args.stage == "sweep":
-        stage_sweep(data, out, s, args.loc_weight, results_json, command)
+        stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight)
     if full:
         print(render(results_json))
         size = sum(p.stat().st_size for p in (BUNDLE / "models").glob("*") if p.is_file())

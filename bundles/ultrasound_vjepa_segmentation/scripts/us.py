@@ -448,15 +448,20 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------- pretraining
 
 
-def build_jepa(loc_weight: float = 0.1, predictor_dim: int = 96, predictor_depth: int = 3, **overrides: Any) -> Any:
-    """V-JEPA (EMA target, L1) on the video ViT, with the 3-D localisation loss weighted by ``loc_weight``."""
+def build_jepa(loc_weight: float = 0.1, predictor_dim: int = 96, predictor_depth: int = 3,
+               dispersive_weight: float = 0.0, **overrides: Any) -> Any:
+    """V-JEPA (EMA target, L1) on the video ViT, with the 3-D localisation loss weighted by ``loc_weight``.
+
+    ``dispersive_weight`` > 0 adds the token-level dispersive loss (Wang & He 2025) against collapse.
+    """
     from medssl.networks import JEPAPredictor
     from medssl.ssl import JEPA
 
     enc = build_video_encoder(**overrides)
     pred = JEPAPredictor(enc.num_patches, enc.hidden_size, predictor_dim=predictor_dim, depth=predictor_depth,
                          num_heads=3, grid_size=enc.grid_size)
-    return JEPA(enc, pred, loc_weight=loc_weight)
+    return JEPA(enc, pred, loc_weight=loc_weight, loss_weights={"dispersive": dispersive_weight},
+                dispersive_on="tokens")
 
 
 def pretrain(
@@ -477,6 +482,7 @@ def pretrain(
     depth: int = 6,
     hidden_size: int = 192,
     log_every: int = 10,
+    dispersive_weight: float = 0.0,
 ) -> dict[str, Any]:
     """V-JEPA pretraining on unlabelled ultrasound clips; writes ``output_dir/encoder.pt`` (+ ``encoder.json``).
 
@@ -496,7 +502,7 @@ def pretrain(
     entries = [e for e in entries if not _is_hc18_image(e["image"], hc18_test)]
     ds = USClipDataset(entries, num_frames=num_frames, stride=stride, size=img_size, random_clip=True)
     cfg = {"img_size": img_size, "num_frames": num_frames, "depth": depth, "hidden_size": hidden_size}
-    method = build_jepa(loc_weight=loc_weight, **cfg)
+    method = build_jepa(loc_weight=loc_weight, dispersive_weight=dispersive_weight, **cfg)
     collate = MaskCollator(MultiBlockMask3D(method.encoder.grid_size))
     loader = make_loader(ds, batch_size, collate_fn=collate, num_workers=num_workers, seed=seed,
                          persistent_workers=num_workers > 0)
@@ -508,7 +514,8 @@ def pretrain(
     history = trainer.fit(resume=resume)
     path = _save_state(Path(output_dir) / "encoder.pt", method.encoder.state_dict())
     atomic_write_json(Path(output_dir) / "encoder.json", {
-        **ENCODER_DEFAULTS, **cfg, "loc_weight": loc_weight, "max_steps": max_steps, "batch_size": batch_size,
+        **ENCODER_DEFAULTS, **cfg, "loc_weight": loc_weight, "dispersive_weight": dispersive_weight,
+        "max_steps": max_steps, "batch_size": batch_size,
         "stride": stride, "n_entries": len(entries), "excluded_recordings": exclude,
         "excluded_hc18_test_images": sorted(hc18_test),
     })

@@ -76,6 +76,10 @@ class JEPA(SSLMethod):
         ema_schedule: ``"linear"`` (V-JEPA default) or ``"cosine"``.
         dispersive_tau: temperature of the dispersive term.
         loc_hidden: width of the localisation MLP.
+        dispersive_on: ``"samples"`` (the paper's: each sample's flattened context features is one point) or
+            ``"tokens"`` (every context token is one point, at most ``dispersive_max_tokens`` of them, evenly
+            strided): the second counters the collapse of all tokens onto a few directions within a clip.
+        dispersive_max_tokens: bound on the points of the token-level term (its cost is quadratic).
     """
 
     def __init__(
@@ -89,6 +93,8 @@ class JEPA(SSLMethod):
         ema_schedule: str = "linear",
         dispersive_tau: float = 1.0,
         loc_hidden: int = 128,
+        dispersive_on: str = "samples",
+        dispersive_max_tokens: int = 1024,
     ) -> None:
         super().__init__(ema_momentum, ema_schedule)
         weights = dict(_DEFAULT_WEIGHTS)
@@ -99,6 +105,10 @@ class JEPA(SSLMethod):
         self.loss_weights = weights
         self.loc_weight = float(loc_weight)
         self.dispersive_tau = float(dispersive_tau)
+        if dispersive_on not in ("samples", "tokens"):
+            raise ValueError(f"dispersive_on must be 'samples' or 'tokens', got {dispersive_on!r}.")
+        self.dispersive_on = dispersive_on
+        self.dispersive_max_tokens = int(dispersive_max_tokens)
         self.encoder = encoder
         self.predictor = predictor
         self.register_ema("encoder", "target_encoder")
@@ -130,7 +140,11 @@ class JEPA(SSLMethod):
             loss = loss + self.loc_weight * loss_loc
             out["loss_loc"] = loss_loc.detach()
         if self.loss_weights["dispersive"] > 0:
-            loss_disp = dispersive_loss(z, self.dispersive_tau)
+            points = z
+            if self.dispersive_on == "tokens":
+                points = z.reshape(-1, z.shape[-1])
+                points = points[:: -(-points.shape[0] // self.dispersive_max_tokens)]
+            loss_disp = dispersive_loss(points, self.dispersive_tau)
             loss = loss + self.loss_weights["dispersive"] * loss_disp
             out["loss_disp"] = loss_disp.detach()
         out["loss"] = loss
