@@ -120,6 +120,20 @@ def test_jepa_forward_backward_ema_and_aux_losses():
         m({"image": torch.rand(2, 1, 32, 32)})
 
 
+def test_jepa_logs_the_encoder_rank_every_rank_every_steps():
+    torch.manual_seed(0)
+    enc = tiny_encoder()
+    pred = JEPAPredictor(enc.num_patches, 32, predictor_dim=16, depth=1, num_heads=2, grid_size=enc.grid_size)
+    m = JEPA(enc, pred, rank_every=3)
+    batch = token_batch(enc)
+    seen = []
+    for step in range(1, 8):
+        seen.append("encoder_rank" in m(batch))
+        m.on_step_end(step, 10)
+    assert seen == [True, False, False, True, False, False, True]  # the first step, then steps 4 and 7
+    assert "encoder_rank" not in JEPA(enc, pred, rank_every=0)(batch)
+
+
 def test_jepa_token_level_dispersive_term():
     torch.manual_seed(0)
     enc = tiny_encoder()

@@ -366,3 +366,17 @@ def test_inference_with_untrained_weights_writes_recon_and_panel(tmp_path, capsy
     recon = load(tmp_path / "out" / f"{stem}_recon.nii.gz").array
     assert np.isfinite(recon).all() and recon.std() > 0
     assert (tmp_path / "out" / f"{stem}_panel.png").is_file()
+
+
+def test_experiment_evaluate_names_a_bad_checkpoint(tmp_path, capsys):
+    """``experiment.py --evaluate`` with a missing or foreign file: one line naming it, exit code 2, no traceback."""
+    import subprocess
+
+    bad = tmp_path / "not_a_model.pt"
+    bad.write_bytes(b"garbage")
+    for path in (tmp_path / "missing.pt", bad):
+        proc = subprocess.run(
+            [sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--evaluate", str(path), "--out",
+             str(tmp_path / "out"), "--data", "samples"], capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and path.name in lines[0] and "Traceback" not in proc.stderr

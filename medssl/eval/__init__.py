@@ -34,6 +34,7 @@ _EXPORTS = {
     "psnr": "metrics",
     "ssim": "metrics",
     "effective_rank": "representation",
+    "effective_rank_tensor": "representation",
     "append_result": "results",
     "render_results_table": "results",
     "summarise": "results",

@@ -186,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the study; returns 0 when everything ran, 1 when the budget cut trainings off."""
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    evaluated: tuple[Any, dict[str, Any]] | None = None
+    if args.evaluate:  # before any simulation or tuning: a bad path is a one-line error
+        from medssl.errors import MedsslError
+
+        try:
+            evaluated = P.load_model(args.evaluate)
+        except MedsslError as exc:
+            print(f"experiment: {exc}", file=sys.stderr)
+            return 2
     t0 = time.time()
     deadline = t0 + 60 * args.budget_minutes if args.budget_minutes > 0 else None
     data = args.data or P.default_data(BUNDLE)
@@ -242,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                                                             res["metrics"].items()})
 
     skipped = []
-    if args.evaluate:
-        net, meta = P.load_model(args.evaluate)
+    if evaluated is not None:
+        net, meta = evaluated
         extra = {"model": os.fspath(args.evaluate), "steps": meta.get("steps"), "trained_seed": meta.get("seed")}
         method = str(meta.get("method", "self_supervised"))
         for s in args.seeds:

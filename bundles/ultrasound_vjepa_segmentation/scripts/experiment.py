@@ -158,7 +158,7 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
                            lr=s["pretrain_lr"], dispersive_weight=dispersive_weight,
                            num_workers=s["workers"], log_every=10)
         loss = [float(v) for v in hist["loss"]]
-        rank = [float(v) for v in hist.get("encoder_rank", [])]
+        rank = [float(v) for v in hist.get("encoder_rank", []) if v is not None]  # logged every 10 steps
         _log({"pretrained": enc.parent.name, "loc_weight": loc_weight, "dispersive_weight": dispersive_weight,
               "loss_last10": sum(loss[-10:]) / 10, "encoder_rank_first10": sum(rank[:10]) / max(1, len(rank[:10])),
               "encoder_rank_last10": sum(rank[-10:]) / max(1, len(rank[-10:])), "seconds": round(time.time() - t0, 1)})

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...eval.representation import effective_rank
+from ...eval.representation import effective_rank_tensor
 from ...losses.dispersive import dispersive_loss
 from ...losses.jepa import jepa_loss
 from ...losses.localisation import LocalisationHead, localisation_loss, token_coordinates
@@ -80,6 +80,8 @@ class JEPA(SSLMethod):
             ``"tokens"`` (every context token is one point, at most ``dispersive_max_tokens`` of them, evenly
             strided): the second counters the collapse of all tokens onto a few directions within a clip.
         dispersive_max_tokens: bound on the points of the token-level term (its cost is quadratic).
+        rank_every: log ``encoder_rank`` (the effective rank of the context tokens, a collapse monitor) on the
+            first step and every ``rank_every`` steps; 0 = never.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class JEPA(SSLMethod):
         loc_hidden: int = 128,
         dispersive_on: str = "samples",
         dispersive_max_tokens: int = 1024,
+        rank_every: int = 10,
     ) -> None:
         super().__init__(ema_momentum, ema_schedule)
         weights = dict(_DEFAULT_WEIGHTS)
@@ -109,6 +112,8 @@ class JEPA(SSLMethod):
             raise ValueError(f"dispersive_on must be 'samples' or 'tokens', got {dispersive_on!r}.")
         self.dispersive_on = dispersive_on
         self.dispersive_max_tokens = int(dispersive_max_tokens)
+        self.rank_every = int(rank_every)
+        self._rank_due = self.rank_every > 0
         self.encoder = encoder
         self.predictor = predictor
         self.register_ema("encoder", "target_encoder")
@@ -149,12 +154,13 @@ class JEPA(SSLMethod):
             out["loss_disp"] = loss_disp.detach()
         out["loss"] = loss
         out["pos_noise_std"] = torch.tensor(float(noise))
-        # collapse monitor (logged with the losses): effective rank of the context encoder's tokens
-        out["encoder_rank"] = torch.tensor(effective_rank(z, max_tokens=2048))
+        if self._rank_due:  # collapse monitor, logged with the losses (no host sync)
+            out["encoder_rank"] = effective_rank_tensor(z, max_tokens=2048)
         return out
 
     def on_step_end(self, step: int, max_steps: int) -> None:
         """EMA update and N-JEPA noise schedule."""
         super().on_step_end(step, max_steps)
+        self._rank_due = self.rank_every > 0 and step % self.rank_every == 0
         if self.pos_noise is not None:
             self.pos_noise_std = self.pos_noise(step, max_steps)
