@@ -234,11 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     final = {"clf": clf, "dl": dl, "thr": thr, "tag": tag, "n_train": len(train)}
                 shutil.rmtree(tag_dir, ignore_errors=True)
     # the shipped models: pretrained, all training records, seed 0 (trained here if 100 % was not in the grid)
-    if not downstream:
-        pass
-    elif enc_path is None and not args.no_models:
+    if downstream and enc_path is None and not args.no_models:
         print("[study] scratch only: no models written")
-    elif not args.no_models and (not final or final["n_train"] < pool - n_val):
+    elif downstream and not args.no_models and (not final or final["n_train"] < pool - n_val):
         split = label_fraction_split(
             ids, labels, fraction=1.0, seed=seeds[0], test_ids=list(eb.LUDB_TEST_IDS), val_fraction=n_val / pool
         )
