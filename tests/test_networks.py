@@ -290,6 +290,22 @@ def test_linear_and_attentive_heads():
         AttentivePoolingHead(48, 4, num_heads=5)
 
 
+def test_linear_head_batch_norm_standardises_pooled_features():
+    torch.manual_seed(0)
+    feats = torch.randn(16, 48)
+    bn = LinearHead(48, 4, batch_norm=True)
+    plain = LinearHead(48, 4)
+    plain.fc.load_state_dict(bn.fc.state_dict())
+    # in training mode the pooled features are standardised per batch: an affine change of the features
+    # (a near-constant encoder output plus tiny variations) does not change the logits; without the norm it does
+    torch.testing.assert_close(bn(feats * 0.1 + 5.0), bn(feats), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(plain(feats * 0.1 + 5.0), plain(feats), atol=1e-2)
+    # in eval mode the running statistics are used, so one record is classified on its own
+    bn.eval()
+    assert bn(feats[:1]).shape == (1, 4)
+    assert bn.norm.running_mean.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     "layout,out_shape",
     [

@@ -21,15 +21,20 @@ class LinearHead(nn.Module):
         in_dim: token width.
         num_classes: outputs.
         pool: ``"mean"`` or ``"max"`` over tokens (ignored for already pooled ``[B, D]`` inputs).
+        batch_norm: standardise the pooled features with a ``BatchNorm1d`` without affine parameters before
+            the linear layer (MAE's linear-probe recipe, arXiv:2111.06377 appendix A.2). Pooled tokens of a
+            little-trained encoder vary little between inputs; the norm puts them on a unit scale, so the
+            classifier does not have to learn that scale first.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, pool: str = "mean") -> None:
+    def __init__(self, in_dim: int, num_classes: int, pool: str = "mean", batch_norm: bool = False) -> None:
         super().__init__()
         if in_dim < 1 or num_classes < 1:
             raise ValueError(f"in_dim and num_classes must be positive, got {in_dim}, {num_classes}.")
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}.")
         self.pool = pool
+        self.norm: nn.Module = nn.BatchNorm1d(in_dim, affine=False) if batch_norm else nn.Identity()
         self.fc = nn.Linear(in_dim, num_classes)
         _init_weights(self.fc)
 
@@ -39,7 +44,7 @@ class LinearHead(nn.Module):
             x = x.mean(dim=1) if self.pool == "mean" else x.amax(dim=1)
         elif x.ndim != 2:
             raise ValueError(f"expected [B, N, D] or [B, D], got {tuple(x.shape)}.")
-        return self.fc(x)
+        return self.fc(self.norm(x))
 
 
 class AttentivePoolingHead(nn.Module):
@@ -104,9 +109,7 @@ class SegmentationDecoder(nn.Module):
         self.map_size = self.grid_size[1:] if encoder.channel_tokens else self.grid_size
         self.output_size = tuple(encoder.input_size)
         dims = len(self.map_size)
-        self.reduce = Convolution(
-            dims, encoder.hidden_size, features, kernel_size=3, act="GELU", norm="BATCH"
-        )
+        self.reduce = Convolution(dims, encoder.hidden_size, features, kernel_size=3, act="GELU", norm="BATCH")
         self.upsample = UpSample(
             dims,
             features,

@@ -46,6 +46,8 @@ __all__ = [
     "pretrain_paths",
     "pretrain",
     "delineation_loss",
+    "feature_baseline",
+    "rhythm_features",
     "sliding_logits",
     "delineate",
     "save_models",
@@ -271,14 +273,19 @@ def build_encoder(**overrides: Any) -> nn.Module:
 
 
 class Classifier(nn.Module):
-    """Encoder + mean-pooled linear head (multi-label logits)."""
+    """Encoder + mean-pooled, batch-normalised linear head (multi-label logits).
+
+    The head standardises the pooled tokens (``BatchNorm1d`` without affine, MAE's linear-probe recipe)
+    before its linear layer. Without it, fine-tuning from a little-trained encoder stayed at chance on LUDB
+    (macro AUROC 0.49 / 0.49 / 0.50 over 3 seeds against 0.62 / 0.60 / 0.55 with it; 150 steps, scratch).
+    """
 
     def __init__(self, encoder: nn.Module, num_classes: int = len(DIAGNOSES)) -> None:
         super().__init__()
         from medssl.networks import LinearHead
 
         self.encoder = encoder
-        self.head = LinearHead(encoder.hidden_size, num_classes)
+        self.head = LinearHead(encoder.hidden_size, num_classes, batch_norm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 12, L]`` -> ``[B, num_classes]``."""
@@ -688,6 +695,55 @@ def probe_diagnosis(
     xtr, ytr = extract_features(enc, tr, device="cpu")
     xte, _ = extract_features(enc, te, device="cpu")
     return linear_probe(xtr, ytr, xte, multilabel=True, weight_decay=1e-2).numpy()
+
+
+def rhythm_features(x: np.ndarray, fs: float = FS) -> np.ndarray:
+    """Hand-crafted features of a prepared record for the diagnosis reference (no learning involved).
+
+    Per lead: maximum, minimum, skewness and kurtosis of the standardised signal (polarity and shape of the
+    QRS, which give the electrical axis); from lead II: mean, standard deviation and coefficient of
+    variation of the R-R interval (rhythm regularity), with R peaks found by ``scipy.signal.find_peaks``.
+    """
+    from scipy.signal import find_peaks
+    from scipy.stats import kurtosis, skew
+
+    x = np.asarray(x, dtype=np.float64)
+    lead_ii = np.abs(x[1])
+    peaks, _ = find_peaks(lead_ii, distance=int(0.3 * fs), height=0.5 * lead_ii.max())
+    rr = np.diff(peaks) / fs if len(peaks) > 2 else np.ones(2)
+    per_lead = [x.max(1), x.min(1), skew(x, axis=1), kurtosis(x, axis=1)]
+    return np.concatenate([*per_lead, [rr.mean(), rr.std(), rr.std() / max(rr.mean(), 1e-6)]])
+
+
+def feature_baseline(train: Sequence[LudbRecord], test: Sequence[LudbRecord]) -> np.ndarray:
+    """The reference the encoders must beat: logistic regression on :func:`rhythm_features`.
+
+    One regression per diagnosis on standardised features, its inverse regularisation ``C`` chosen by
+    cross-validated AUROC on the training records only (up to 5 folds; ``C = 0.1`` when a class has fewer
+    than 3 examples of either label, and the training prior when it has none). Returns ``[len(test), C]``
+    probabilities.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr = np.stack([rhythm_features(r.x) for r in train])
+    xte = np.stack([rhythm_features(r.x) for r in test])
+    ytr = np.stack([r.diagnosis for r in train])
+    out = np.zeros((len(test), ytr.shape[1]))
+    for c in range(ytr.shape[1]):
+        y = ytr[:, c]
+        n_min = int(min(y.sum(), len(y) - y.sum()))
+        if n_min == 0:
+            out[:, c] = y.mean()
+            continue
+        clf = (
+            LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0, 10.0], cv=min(5, n_min), scoring="roc_auc", max_iter=5000)
+            if n_min >= 3
+            else LogisticRegression(C=0.1, max_iter=5000)
+        )
+        out[:, c] = make_pipeline(StandardScaler(), clf).fit(xtr, y).predict_proba(xte)[:, 1]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- workflows

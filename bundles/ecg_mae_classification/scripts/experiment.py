@@ -61,15 +61,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=BUNDLE / "models")
     ap.add_argument("--no-models", action="store_true", help="do not write models/")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--encoder", type=Path, default=None,
-                    help="use these pretrained encoder weights instead of pretraining (e.g. a previous study's)")
-    ap.add_argument("--tasks", nargs="+", default=["delineation", "diagnosis", "mitbih"],
-                    choices=["delineation", "diagnosis", "mitbih", "reconstruction"],
-                    help="downstream parts to run ('reconstruction' alone: pretrain and score the masked patches)")
-    ap.add_argument("--target-norm", choices=["patch", "lead"], default="patch",
-                    help="MAE targets normalised per patch (norm_pix, the default) or per lead")
-    ap.add_argument("--inits", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"],
-                    help="encoder initialisations to fine-tune (scratch rows do not depend on the pretraining)")
+    ap.add_argument(
+        "--encoder",
+        type=Path,
+        default=None,
+        help="use these pretrained encoder weights instead of pretraining (e.g. a previous study's)",
+    )
+    ap.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["delineation", "diagnosis", "mitbih"],
+        choices=["delineation", "diagnosis", "mitbih", "reconstruction"],
+        help="downstream parts to run ('reconstruction' alone: pretrain and score the masked patches)",
+    )
+    ap.add_argument(
+        "--target-norm",
+        choices=["patch", "lead"],
+        default="patch",
+        help="MAE targets normalised per patch (norm_pix, the default) or per lead",
+    )
+    ap.add_argument(
+        "--inits",
+        nargs="+",
+        default=["pretrained", "scratch"],
+        choices=["pretrained", "scratch"],
+        help="encoder initialisations to fine-tune (scratch rows do not depend on the pretraining)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*AUROC.*")
@@ -113,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         enc_path = str(args.encoder)
         print(f"[study] encoder {enc_path} (no pretraining)")
     else:
-        hist = eb.pretrain(Path(root), work / "pretrain", max_steps=pre_steps, batch_size=16, device=args.device,
-                           norm_pix=args.target_norm == "patch")
+        hist = eb.pretrain(
+            Path(root),
+            work / "pretrain",
+            max_steps=pre_steps,
+            batch_size=16,
+            device=args.device,
+            norm_pix=args.target_norm == "patch",
+        )
         enc_path = hist["encoder"]
         losses = hist["loss"]
         print(
@@ -174,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
 
+    y_test = np.stack([r.diagnosis for r in test])
+
+    def auroc_rows(task: str, at: tuple[float, int, str], init_name: str, p: np.ndarray) -> float:
+        """Rows of the macro AUROC and of each diagnosis' AUROC at ``(label fraction, seed, split file)``."""
+        lf, seed, sf = at
+        macro = macro_auroc(p, y_test)
+        row(task, lf, seed, init_name, "macro_auroc", macro, sf)  # first: the table's headline metric
+        for c, name in enumerate(eb.DIAGNOSES):
+            row(task, lf, seed, init_name, f"auroc_{name}", macro_auroc(p[:, c : c + 1], y_test[:, c : c + 1]), sf)
+        return macro
+
     downstream = bool({"delineation", "diagnosis"} & set(args.tasks))
     for f in fractions if downstream else []:
         for seed in seeds:
@@ -193,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             sf = str(split_file.relative_to(BUNDLE))
             train = [by_name[i] for i in split.train]
             val = [by_name[i] for i in split.val]
+            at = (lf_val, seed, sf)
+            if "diagnosis" in args.tasks:
+                ref = auroc_rows("ludb_diagnosis_features", at, "hand_features", eb.feature_baseline(train, test))
+                print(f"[study] {tag} seed {seed}: hand-feature reference AUROC {ref:.3f}", flush=True)
             for init_name, init in (("pretrained", enc_path), ("scratch", None)):
                 if init_name not in args.inits:
                     continue
@@ -217,14 +255,11 @@ def main(argv: list[str] | None = None) -> int:
                 clf = eb.train_diagnosis(
                     train, init, tag_dir / "diag", max_steps=diag_steps, seed=seed, device=args.device
                 )
-                y = np.stack([r.diagnosis for r in test])
-                p_ft = eb.diagnosis_scores(clf, test)
-                p_lp = eb.probe_diagnosis(train, test, init)
-                row("ludb_diagnosis_finetune", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_ft, y), sf)
-                row("ludb_diagnosis_linear_probe", lf_val, seed, init_name, "macro_auroc", macro_auroc(p_lp, y), sf)
+                a_ft = auroc_rows("ludb_diagnosis_finetune", at, init_name, eb.diagnosis_scores(clf, test))
+                a_lp = auroc_rows("ludb_diagnosis_linear_probe", at, init_name, eb.probe_diagnosis(train, test, init))
                 print(
-                    f"[study] {tag} seed {seed} {init_name}: AUROC ft {macro_auroc(p_ft, y):.3f} "
-                    f"lp {macro_auroc(p_lp, y):.3f} ({time.time() - t0:.0f} s)",
+                    f"[study] {tag} seed {seed} {init_name}: AUROC ft {a_ft:.3f} lp {a_lp:.3f} "
+                    f"({time.time() - t0:.0f} s)",
                     flush=True,
                 )
                 if init_name == "pretrained" and seed == seeds[0] and "delineation" in args.tasks:
