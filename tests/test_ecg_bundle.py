@@ -113,7 +113,7 @@ def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("models")
-    eb.save_models(d, eb.build_classifier(), eb.build_delineation(), [0.5, 0.5, 0.5])
+    eb.save_models(d, eb.build_classifier(), eb.build_delineation(), [0.5] * len(eb.DIAGNOSES))
     return d
 
 
@@ -151,7 +151,7 @@ def test_inference_writes_well_formed_csvs(
         rows = list(csv.DictReader(fh))
     assert [r["record"] for r in rows] == ["waveform_ecg", cinc_records()[0].stem, "mine"]
     for r in rows:
-        for c in ("sinus_rhythm", "left_axis_deviation", "left_ventricular_hypertrophy"):
+        for c in ("sinus_rhythm", "left_axis_deviation"):
             assert 0.0 <= float(r[f"prob_{c}"]) <= 1.0
             assert r[f"label_{c}"] in ("0", "1")
     # the CSV (reordered columns) gives the same probabilities as the WFDB record it came from
@@ -174,7 +174,35 @@ def test_shipped_models_fit_the_size_budget() -> None:
         pytest.skip("no trained models in bundles/ecg_mae_classification/models yet")
     assert sum(f.stat().st_size for f in models.iterdir() if f.is_file()) <= 25 * 1024 * 1024
     cfg = json.loads((models / "model_config.json").read_text())
-    assert len(cfg["thresholds"]) == len(cfg["classes"]) == 3
+    assert len(cfg["thresholds"]) == len(cfg["classes"]) == 2
+
+
+def test_shipped_models_reproduce_their_figures(shared_data: Path) -> None:
+    """models/ re-scored on the 40 LUDB test records gives the figures in docs/shipped_model.json."""
+    models = BUNDLE / "models"
+    if not (models / "classifier.pt").is_file():
+        pytest.skip("no trained models in bundles/ecg_mae_classification/models yet")
+    from medssl.bundles import _use_bundle_scripts
+    from medssl.eval.metrics import macro_auroc
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import ecg_bundle as eb
+
+    rows = json.loads((BUNDLE / "docs" / "shipped_model.json").read_text())
+    want = {
+        (r["task"], r["metric"]): r["value"]
+        for r in rows
+        if r["init"] == "pretrained" and r["seed"] == 0 and r["label_fraction"] == 1.0
+    }
+    clf, dl, _ = eb.load_models(models)
+    test = eb.ludb_items(shared_data / "ecg", eb.LUDB_TEST_IDS)
+    assert len(test) == 40
+    got = eb.score_records(dl, test)
+    assert got["mean_abs_error_ms"] == pytest.approx(want["ludb_delineation", "mean_abs_error_ms"], abs=0.05)
+    assert got["mean_f1"] == pytest.approx(want["ludb_delineation", "mean_f1"], abs=1e-3)
+    y = np.stack([r.diagnosis for r in test])
+    auroc = macro_auroc(eb.diagnosis_scores(clf, test), y)
+    assert auroc == pytest.approx(want["ludb_diagnosis_finetune", "macro_auroc"], abs=1e-3)
 
 
 def test_mitbih_beats_and_the_rr_baseline(shared_data: Path) -> None:

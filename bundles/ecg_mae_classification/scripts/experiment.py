@@ -12,6 +12,12 @@
    same recipe; scored on the 40 fixed test records.
 3. Rows go to docs/results.json (medssl.eval.results.append_result); the README table is re-rendered; the
    pretrained, 100 %-label models (seed 0) go to models/ (float16 state dicts, atomic).
+
+    python bundles/ecg_mae_classification/scripts/experiment.py --evaluate bundles/ecg_mae_classification/models \
+        --results bundles/ecg_mae_classification/docs/shipped_model.json
+
+re-scores a models/ folder as it is stored (float16) on the 40 LUDB test records (delineation and diagnosis)
+and writes its rows (label fraction 1.0, seed 0, init "pretrained") to --results; nothing is trained.
 """
 
 from __future__ import annotations
@@ -81,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         help="MAE targets normalised per patch (norm_pix, the default) or per lead",
     )
     ap.add_argument(
+        "--evaluate",
+        type=Path,
+        default=None,
+        metavar="MODELS",
+        help="only re-score this models/ folder on the LUDB test records (rows to --results)",
+    )
+    ap.add_argument(
         "--inits",
         nargs="+",
         default=["pretrained", "scratch"],
@@ -96,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if root is None or not (Path(root) / "ludb" / "data").is_dir():
         print("experiment: LUDB not found (pass --data ../shared/data/ecg)", file=sys.stderr)
         return 2
+    if args.evaluate is not None:
+        return evaluate_models(args.evaluate, Path(root), args.results, command)
     # budget: minutes -> steps (CPU, 1 thread: ~0.5 s per pretraining step, ~1.2 s per fine-tuning step)
     if args.quick:
         seeds, fractions, pre_steps, ft_steps = [0], args.fractions or [2.0, 1.0], 20, 6
@@ -176,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             append_result(args.results, {"task": mitbih.TASK, "split_file": mitbih.SPLIT, "command": command, **r})
         print(f"[study] MIT-BIH beat classification scored ({time.time() - t0:.0f} s)")
     ids = [r.name for r in records]
-    labels = {r.name: r.diagnosis.astype(int).tolist() for r in records}
+    strata = eb.ludb_split_labels(root)  # the splits' strata, not the trained diagnoses: splits stay fixed
+    labels = {r.name: strata[r.name] for r in records}
     pool = len(ids) - len(test)
     n_val = 18
     final: dict[str, object] = {}
@@ -326,6 +342,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"[study] done in {time.time() - t0:.0f} s; rows in {args.results}")
+    return 0
+
+
+def evaluate_models(model_dir: Path, root: Path, results: Path, command: str) -> int:
+    """Re-score a models/ folder on the 40 LUDB test records; rows (fraction 1.0, seed 0) go to ``results``."""
+    from medssl.errors import MedsslError
+    from medssl.eval.metrics import macro_auroc
+    from medssl.eval.results import append_result
+
+    try:
+        clf, dl, cfg = eb.load_models(model_dir)
+    except MedsslError as exc:
+        print(f"experiment: {exc}", file=sys.stderr)
+        return 2
+    test = eb.ludb_items(root, eb.LUDB_TEST_IDS)
+    y = np.stack([r.diagnosis for r in test])
+    p = eb.diagnosis_scores(clf, test)
+    scores = {("ludb_diagnosis_finetune", "macro_auroc"): macro_auroc(p, y)}
+    for c, name in enumerate(eb.DIAGNOSES):
+        scores["ludb_diagnosis_finetune", f"auroc_{name}"] = macro_auroc(p[:, c : c + 1], y[:, c : c + 1])
+    if dl is not None:
+        for k, v in eb.score_records(dl, test).items():
+            scores["ludb_delineation", k] = v
+    for (task, metric), value in scores.items():
+        if np.isfinite(value):
+            append_result(
+                results,
+                {
+                    "task": task,
+                    "label_fraction": 1.0,
+                    "seed": 0,
+                    "init": "pretrained",
+                    "metric": metric,
+                    "value": float(value),
+                    "split_file": "docs/splits/ludb_f1.0_seed0.json",
+                    "command": command,
+                    "trained_on": cfg.get("trained_on", ""),
+                },
+            )
+    print(json.dumps({f"{t}/{m}": round(float(v), 4) for (t, m), v in scores.items() if m in (
+        "macro_auroc", "mean_f1", "mean_abs_error_ms")}))
     return 0
 
 

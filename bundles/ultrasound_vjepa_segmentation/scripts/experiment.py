@@ -145,8 +145,12 @@ def stage_diagnose(data: str, out: Path) -> None:
 
 
 def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, results_json: Path,
-                command: str, dispersive_weight: float = 0.0) -> list[dict[str, Any]]:
-    """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes."""
+                command: str, dispersive_weight: float = 0.0, tag: str = "") -> list[dict[str, Any]]:
+    """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes.
+
+    ``tag`` is appended to the init name of the rows (``vjepa_loc<w>_disp<d><tag>``), e.g. for the same
+    weights with more pretraining steps in another ``--out``.
+    """
     from medssl.eval.results import append_result
 
     name = f"loc{loc_weight:g}" + (f"_disp{dispersive_weight:g}" if dispersive_weight else "")
@@ -175,10 +179,10 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
             split_file = us.save_split(res, out / "splits")
             if results_json.parent == BUNDLE / "docs":
                 split_file = us.save_split(res, BUNDLE / "docs" / "splits", "docs/splits/")
-            row = us.result_row(res, f"vjepa_{name}", seed, len(pool), command, split_file)
+            row = us.result_row(res, f"vjepa_{name}{tag}", seed, len(pool), command, split_file)
             append_result(results_json, row)
             rows.append(row)
-            _log({"init": f"vjepa_{name}", "n": n, "seed": seed, "dice": round(res["dice"], 4)})
+            _log({"init": f"vjepa_{name}{tag}", "n": n, "seed": seed, "dice": round(res["dice"], 4)})
     return rows
 
 
@@ -426,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "diagnose":
         stage_diagnose(data, out)
     if args.stage == "sweep":
-        stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight)
+        stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight, args.tag)
     if full:
         print(render(results_json))
         size = sum(p.stat().st_size for p in (BUNDLE / "models").glob("*") if p.is_file())
