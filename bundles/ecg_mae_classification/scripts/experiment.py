@@ -218,11 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     def auroc_rows(task: str, at: tuple[float, int, str], init_name: str, p: np.ndarray) -> float:
         """Rows of the macro AUROC and of each diagnosis' AUROC at ``(label fraction, seed, split file)``."""
         lf, seed, sf = at
-        macro = macro_auroc(p, y_test)
-        row(task, lf, seed, init_name, "macro_auroc", macro, sf)  # first: the table's headline metric
-        for c, name in enumerate(eb.DIAGNOSES):
-            row(task, lf, seed, init_name, f"auroc_{name}", macro_auroc(p[:, c : c + 1], y_test[:, c : c + 1]), sf)
-        return macro
+        scores = eb.auroc_by_diagnosis(p, y_test)  # macro first: the table's headline metric
+        for metric, value in scores.items():
+            row(task, lf, seed, init_name, metric, value, sf)
+        return scores["macro_auroc"]
 
     downstream = bool({"delineation", "diagnosis"} & set(args.tasks))
     for f in fractions if downstream else []:
@@ -348,7 +347,6 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_models(model_dir: Path, root: Path, results: Path, command: str) -> int:
     """Re-score a models/ folder on the 40 LUDB test records; rows (fraction 1.0, seed 0) go to ``results``."""
     from medssl.errors import MedsslError
-    from medssl.eval.metrics import macro_auroc
     from medssl.eval.results import append_result
 
     try:
@@ -358,10 +356,8 @@ def evaluate_models(model_dir: Path, root: Path, results: Path, command: str) ->
         return 2
     test = eb.ludb_items(root, eb.LUDB_TEST_IDS)
     y = np.stack([r.diagnosis for r in test])
-    p = eb.diagnosis_scores(clf, test)
-    scores = {("ludb_diagnosis_finetune", "macro_auroc"): macro_auroc(p, y)}
-    for c, name in enumerate(eb.DIAGNOSES):
-        scores["ludb_diagnosis_finetune", f"auroc_{name}"] = macro_auroc(p[:, c : c + 1], y[:, c : c + 1])
+    auroc = eb.auroc_by_diagnosis(eb.diagnosis_scores(clf, test), y)
+    scores = {("ludb_diagnosis_finetune", k): v for k, v in auroc.items()}
     if dl is not None:
         for k, v in eb.score_records(dl, test).items():
             scores["ludb_delineation", k] = v
