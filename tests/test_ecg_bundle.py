@@ -103,6 +103,22 @@ def test_pretraining_with_per_lead_targets(tmp_path: Path, monkeypatch: pytest.M
     assert q["zero_mse"] > q["baseline_mse"] > 0
 
 
+def test_pretraining_with_mixed_tokens(tmp_path: Path) -> None:
+    """``channel_tokens=False``: one token per patch of all 12 leads, and the MAE's targets follow that layout."""
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import ecg_bundle as eb
+
+    with pytest.warns(UserWarning, match="JS20008"):
+        hist = eb.pretrain(cinc_records()[0].parent, tmp_path / "pre", max_steps=2, batch_size=4, device="cpu",
+                           channel_tokens=False)
+    enc = hist["method"].encoder
+    assert not enc.channel_tokens and enc.num_patches == eb.WINDOW // eb.PATCH and enc.patch_dim == 12 * eb.PATCH
+    x = [np.random.default_rng(0).standard_normal((12, eb.WINDOW)).astype(np.float32)]
+    assert np.isfinite(eb.reconstruction_metrics(hist["method"], x)["mse"])
+
+
 @pytest.fixture(scope="module")
 def untrained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ folder in the shipped format with untrained weights (the test does not rely on models/)."""

@@ -279,13 +279,15 @@ class LudbDataset(Dataset):
 
 # ----------------------------------------------------------------------------------------------- models
 def build_encoder(**overrides: Any) -> nn.Module:
-    """The lead-wise 1-D ViT: 12 leads x 30 patches of 75 samples (``vit_tiny`` width, depth 4)."""
+    """The lead-wise 1-D ViT: 12 leads x 30 patches of 75 samples (``vit_tiny`` width, depth 4).
+
+    ``channel_tokens=False`` gives the plain 1-D ViT instead: 30 tokens, each a 75-sample patch of all 12
+    leads (the delineation head needs the lead-wise layout).
+    """
     from medssl.networks import create_encoder
 
-    args = {**ENCODER_ARGS, **overrides}
-    return create_encoder(
-        "vit_tiny", spatial_dims=1, in_channels=12, img_size=WINDOW, patch_size=PATCH, channel_tokens=True, **args
-    )
+    args = {"channel_tokens": True, **ENCODER_ARGS, **overrides}
+    return create_encoder("vit_tiny", spatial_dims=1, in_channels=12, img_size=WINDOW, patch_size=PATCH, **args)
 
 
 class Classifier(nn.Module):
@@ -344,11 +346,14 @@ def pretrain(
     progress: bool = False,
     num_workers: int = 0,
     norm_pix: bool = True,
+    channel_tokens: bool = True,
 ) -> dict[str, Any]:
     """Self-supervised MAE pretraining (time + frequency + coarse targets) on unlabelled ECGs.
 
     ``norm_pix`` normalises every target patch by its own mean and standard deviation (MAE's choice); with
     ``False`` the targets are the patches of the lead-standardised signal (per-lead normalisation).
+    ``channel_tokens=False`` pretrains the plain 1-D ViT (one token per 75-sample patch of all 12 leads,
+    :func:`build_encoder`) instead of the lead-wise one.
 
     Writes ``output_dir/checkpoints/last.pt`` (the trainer's) and ``output_dir/encoder.pt`` (the encoder's
     state dict). Returns the trainer history plus ``"checkpoint"`` and ``"encoder"`` paths.
@@ -366,7 +371,7 @@ def pretrain(
         warnings.simplefilter("always")
         items = load_ecgs(paths)
     ds = WindowDataset(items, windows_per_record)
-    encoder = build_encoder()
+    encoder = build_encoder(channel_tokens=channel_tokens)
     decoder = MAEDecoder(
         encoder.num_patches,
         encoder.hidden_size,

@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         help="MAE targets normalised per patch (norm_pix, the default) or per lead",
     )
     ap.add_argument(
+        "--tokens",
+        choices=["lead", "mixed"],
+        default="lead",
+        help="MAE tokens: one per lead and patch (ST-MEM, the default) or one per patch of all 12 leads "
+        "('mixed'; only with --tasks reconstruction: the downstream heads need lead tokens)",
+    )
+    ap.add_argument(
         "--evaluate",
         type=Path,
         default=None,
@@ -111,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.evaluate is not None:
         return evaluate_models(args.evaluate, Path(root), args.results, command)
+    if args.tokens == "mixed" and set(args.tasks) != {"reconstruction"}:
+        print("experiment: --tokens mixed works with --tasks reconstruction only", file=sys.stderr)
+        return 2
     # budget: minutes -> steps (CPU, 1 thread: ~0.5 s per pretraining step, ~1.2 s per fine-tuning step)
     if args.quick:
         seeds, fractions, pre_steps, ft_steps = [0], args.fractions or [2.0, 1.0], 20, 6
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=16,
             device=args.device,
             norm_pix=args.target_norm == "patch",
+            channel_tokens=args.tokens == "lead",
         )
         enc_path = hist["encoder"]
         losses = hist["loss"]
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         append_result(
             args.results,
             {
-                "task": "mae_reconstruction_ludb_test",
+                "task": "mae_reconstruction_ludb_test" + ("_mixed_tokens" if args.tokens == "mixed" else ""),
                 "label_fraction": 1.0,
                 "seed": 0,
                 "init": "pretrained",
