@@ -58,6 +58,23 @@ def test_sliding_window_covers_images_larger_and_smaller_than_the_roi(net):
     assert p.shape == (1, 20, 24) and ((p >= 0) & (p <= 1)).all()
 
 
+def test_flip_tta_makes_the_prediction_flip_equivariant(net):
+    # A random U-Net is not flip-equivariant; the flip-averaged prediction must be, exactly.
+    x = np.random.default_rng(1).random((1, 40, 56)).astype(np.float32)
+    plain = sliding_window_probabilities(net, x, (32, 32))
+    plain_lr = sliding_window_probabilities(net, x[:, :, ::-1].copy(), (32, 32))[:, :, ::-1]
+    assert np.abs(plain - plain_lr).max() > 1e-4
+    tta = sliding_window_probabilities(net, x, (32, 32), flip_tta=True)
+    for flipped, back in (
+        (x[:, :, ::-1], lambda a: a[:, :, ::-1]),
+        (x[:, ::-1, :], lambda a: a[:, ::-1, :]),
+        (x[:, ::-1, ::-1], lambda a: a[:, ::-1, ::-1]),
+    ):
+        other = back(sliding_window_probabilities(net, flipped.copy(), (32, 32), flip_tta=True))
+        np.testing.assert_allclose(tta, other, atol=1e-5)
+    assert tta.shape == plain.shape and not np.allclose(tta, plain)
+
+
 def test_outputs_match_the_input_size_and_dicom_seg_reads_back(net, tmp_path):
     hd = pytest.importorskip("highdicom")
     png, _ = samples.xca_pairs("test")[0]
@@ -131,6 +148,10 @@ def test_threshold_and_checkpoint_errors(net, tmp_path):
     info.write_text('{"threshold": 0.3}')
     assert SegmentationInference(net, ["x.png"], tmp_path, model_info=info).resolved_threshold() == 0.3
     assert SegmentationInference(net, ["x.png"], tmp_path, model_info=info, threshold=0.7).resolved_threshold() == 0.7
+    assert not SegmentationInference(net, ["x.png"], tmp_path, model_info=info).resolved_flip_tta()
+    info.write_text('{"threshold": 0.3, "flip_tta": true}')
+    assert SegmentationInference(net, ["x.png"], tmp_path, model_info=info).resolved_flip_tta()
+    assert not SegmentationInference(net, ["x.png"], tmp_path, model_info=info, flip_tta=False).resolved_flip_tta()
 
 
 def test_load_frames_layouts():

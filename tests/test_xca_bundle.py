@@ -163,6 +163,38 @@ def test_finetune_protocol_holds_out_validation_and_scratch_gets_the_prior(xca, 
     assert one["n_val"] == 0 and one["threshold"] == 0.5
 
 
+def test_study_scheduler_runs_random_init_beside_pretraining_and_hands_on_the_encoder(monkeypatch):
+    from tests.conftest import _bundle_module
+
+    gen = _bundle_module("xca_cmunet_segmentation", "experiment")
+    experiment = next(gen)
+    try:
+        order = []
+
+        def fake_run_job(job):
+            order.append(job.get("name") or f"{job['init']}:{job['kwargs']['encoder']}")
+            return {**job, "encoder": f"enc_{job['name']}.pt", "seconds": 0.0} if job["kind"] == "pretrain" else {
+                **job, "result": {"n_labels": 1, "dice": 0.5, "cldice": 0.5, "threshold": 0.5, "best_step": 1,
+                                  "seconds": 0.0}}
+
+        monkeypatch.setattr(experiment.xca, "run_job", fake_run_job)
+        jobs = [
+            {"kind": "finetune", "init": "cmunet", "needs": "cmunet", "seed": 0, "kwargs": {"encoder": None}},
+            {"kind": "pretrain", "name": "cmunet", "kwargs": {}},
+            {"kind": "finetune", "init": "scratch", "seed": 0, "kwargs": {"encoder": None}},
+            {"kind": "finetune", "init": "mae", "needs": "mae", "seed": 0, "kwargs": {"encoder": None}},
+        ]
+        finished = []
+        done, skipped = experiment.run_jobs(jobs, 1, None, finished.append)
+        # the dependent job waits for its pretraining and gets its encoder; the one whose pretraining never
+        # ran is reported as skipped, not silently dropped
+        assert order == ["cmunet", "cmunet:enc_cmunet.pt", "scratch:None"]
+        assert [d.get("init", d.get("name")) for d in finished] == ["cmunet", "cmunet", "scratch"]
+        assert [j["init"] for j in skipped] == ["mae"]
+    finally:
+        gen.close()
+
+
 def _docs_dice() -> float | None:
     results = BUNDLE / "docs" / "results.json"
     if not results.is_file():

@@ -152,12 +152,17 @@ def sliding_window_probabilities(
     overlap: float = 0.25,
     sw_batch_size: int = 4,
     normalise: Callable[[torch.Tensor], torch.Tensor] | None = zscore,
+    flip_tta: bool = False,
 ) -> np.ndarray:
     """Vessel probabilities ``[T, H, W]`` for frames ``[T, H, W]`` (sigmoid of a one-channel network).
 
     Windows of ``roi_size`` (the training crop) slide over larger images with ``overlap`` and Gaussian
     blending; smaller images are padded to ``roi_size`` (MONAI ``SlidingWindowInferer``). Frames run one at a
     time, so a long cine never sits on the device at once.
+
+    With ``flip_tta`` the probabilities are the mean over the four flips of the frame (none, left-right,
+    up-down, both), each flipped back: test-time augmentation at four times the cost. The result is then
+    exactly equivariant to those flips.
     """
     from monai.inferers import SlidingWindowInferer
 
@@ -172,9 +177,14 @@ def sliding_window_probabilities(
     out = []
     try:
         for frame in torch.as_tensor(frames, dtype=torch.float32):
-            x = normalise(frame) if normalise is not None else frame
-            logits = inferer(x[None, None].to(dev), network)
-            out.append(torch.sigmoid(logits.float())[0, 0].cpu())
+            x = (normalise(frame) if normalise is not None else frame)[None, None].to(dev)
+            flips: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1)) if flip_tta else ((),)
+            prob = torch.zeros(x.shape[-2:], dtype=torch.float32, device=dev)
+            for dims in flips:
+                logits = inferer(x.flip(dims) if dims else x, network)
+                p = torch.sigmoid(logits.float())[0, 0]
+                prob += p.flip(dims) if dims else p
+            out.append((prob / len(flips)).cpu())
     finally:
         network.train(was_training)
     return torch.stack(out).numpy()
@@ -299,6 +309,8 @@ class SegmentationInference:
         overlap: sliding-window overlap.
         sw_batch_size: windows per forward pass.
         segment_label: label of the segment in the DICOM SEG.
+        flip_tta: average the probabilities over the four flips; ``None`` reads ``flip_tta`` from
+            ``model_info`` (else off).
         report: called with one line per bad input (default: print to stderr).
 
     Examples::
@@ -321,6 +333,7 @@ class SegmentationInference:
         sw_batch_size: int = 4,
         segment_label: str = "vessel",
         report: Callable[[str], None] | None = None,
+        flip_tta: bool | None = None,
     ) -> None:
         self.network = network
         self.inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
@@ -337,19 +350,35 @@ class SegmentationInference:
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.segment_label = segment_label
+        self.flip_tta = flip_tta
         self.report = report or (lambda line: print(" ".join(line.split()), file=sys.stderr, flush=True))
+
+    def _model_info(self) -> dict[str, Any]:
+        if self.model_info is not None and Path(self.model_info).is_file():
+            import json
+
+            info = json.loads(Path(self.model_info).read_text())
+            return info if isinstance(info, dict) else {}
+        return {}
 
     def resolved_threshold(self) -> float:
         """The threshold in use: the argument, else the model's recorded one, else 0.5."""
         if self.threshold is not None:
             return float(self.threshold)
-        if self.model_info is not None and Path(self.model_info).is_file():
-            import json
-
-            value = json.loads(Path(self.model_info).read_text()).get("threshold")
-            if isinstance(value, int | float) and 0 < value < 1:
-                return float(value)
+        value = self._model_info().get("threshold")
+        if isinstance(value, int | float) and 0 < value < 1:
+            return float(value)
         return 0.5
+
+    def resolved_flip_tta(self) -> bool:
+        """Flip test-time augmentation: the argument, else the model's recorded ``flip_tta``, else off.
+
+        A model selected and thresholded with flip averaging should be run with it: its threshold belongs
+        to those probabilities.
+        """
+        if self.flip_tta is not None:
+            return bool(self.flip_tta)
+        return bool(self._model_info().get("flip_tta", False))
 
     def load_weights(self) -> None:
         """Load ``checkpoint`` into the network (a one-line :class:`InputError` when it does not fit)."""
@@ -368,7 +397,8 @@ class SegmentationInference:
     def probabilities(self, frames: Frames, device: torch.device) -> np.ndarray:
         """Probabilities ``[T, H, W]`` of one input (sliding window); subclasses may pre-process here."""
         return sliding_window_probabilities(
-            self.network, frames.frames, self.roi_size, device, self.overlap, self.sw_batch_size
+            self.network, frames.frames, self.roi_size, device, self.overlap, self.sw_batch_size,
+            flip_tta=self.resolved_flip_tta(),
         )
 
     def segment(self, frames: Frames, threshold: float, device: torch.device) -> dict[str, Path]:
@@ -411,7 +441,7 @@ class SegmentationInference:
         """Segment every input; bad inputs are reported (one line each) and skipped.
 
         Returns:
-            ``{"outputs": {input: {kind: path}}, "failed": [line, ...], "threshold": t}``.
+            ``{"outputs": {input: {kind: path}}, "failed": [line, ...], "threshold": t, "flip_tta": bool}``.
         """
         from medssl.ssl.trainer import resolve_device
 
@@ -434,4 +464,4 @@ class SegmentationInference:
                 line = str(InputError(path, f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
                 failed.append(line)
                 self.report(line)
-        return {"outputs": outputs, "failed": failed, "threshold": threshold}
+        return {"outputs": outputs, "failed": failed, "threshold": threshold, "flip_tta": self.resolved_flip_tta()}

@@ -6,14 +6,17 @@
    label draw and the fine-tuning, not of pretraining.
 2. Fine-tune random-init / MAE-only / CM-UNet with N = 1, 2, 4, 10, 20, 40 labelled images x seeds 0, 1, 2,
    all with the same recipe (scripts/xca.py: bias at the vessel prior, validation threshold and model
-   selection for N >= 4, threshold 0.5 for N < 4), test on all 40 test images (Dice, clDice).
-3. Append every row to docs/results.json (full real data only), render the table in docs/README.md, and save
-   the CM-UNet encoder and the 40-label CM-UNet model (seed 0) to models/ (state dicts, atomic).
+   selection for N >= 4, threshold 0.5 for N < 4, flip test-time augmentation), test on all 40 test images
+   (Dice, clDice, and both without the flip averaging). Random-init runs start beside the pretrainings; the
+   others start as soon as their encoder exists.
+3. Append every row to docs/results.json as its run finishes (full real data only; ``--fresh`` starts a new
+   file), render the table in docs/README.md, and save the CM-UNet encoder and the 40-label CM-UNet model
+   (seed 0) to models/ (state dicts, atomic).
 
 Examples::
 
-    # the real run (one H100, ~8 minutes):
-    python bundles/xca_cmunet_segmentation/scripts/experiment.py --device cuda --parallel 6 --budget-minutes 8
+    # the real run (one H200, all 2 + 54 runs, about 8 minutes):
+    python bundles/xca_cmunet_segmentation/scripts/experiment.py --device cuda --parallel 12 --fresh
     # a smoke test on CPU (a couple of minutes; writes only under --out):
     python bundles/xca_cmunet_segmentation/scripts/experiment.py --quick --device cpu
 """
@@ -27,6 +30,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
@@ -58,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--finetune-steps", type=int, default=None)
     p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new results file instead of appending to it (a whole new study)")
     return p.parse_args(argv)
 
 
@@ -84,24 +90,53 @@ def _threads(parallel: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(parallel, 1))
 
 
-def run_jobs(jobs: list[dict[str, Any]], parallel: int, deadline: float | None) -> tuple[list[dict], list[dict]]:
-    """Run jobs (in order) on ``parallel`` worker processes; jobs not started by ``deadline`` are skipped."""
+def run_jobs(
+    jobs: list[dict[str, Any]], parallel: int, deadline: float | None,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Run jobs on ``parallel`` worker processes, in list order among those that are ready.
+
+    A job with ``"needs": name`` waits for the pretraining job of that ``name`` and gets its encoder path as
+    ``kwargs["encoder"]``; it is dropped when that pretraining was not run. So random-init fine-tunes run
+    beside the pretrainings instead of after them. Jobs not started by ``deadline`` are skipped. ``on_done``
+    is called in this process as each job finishes (results are written as they come, not at the end).
+    """
     done: list[dict] = []
     skipped: list[dict] = []
+    encoders: dict[str, str] = {}
+    pending = list(jobs)
+
+    def ready(job: dict[str, Any]) -> bool:
+        return "needs" not in job or job["needs"] in encoders
+
+    def finish(out: dict[str, Any]) -> None:
+        if out["kind"] == "pretrain":
+            encoders[out["name"]] = out["encoder"]
+        done.append(out)
+        _log(out)
+        if on_done is not None:
+            on_done(out)
+
+    def take() -> dict[str, Any] | None:
+        for i, job in enumerate(pending):
+            if ready(job):
+                job = pending.pop(i)
+                if "needs" in job:
+                    job = {**job, "kwargs": {**job["kwargs"], "encoder": encoders[job["needs"]]}}
+                return job
+        return None
+
     if parallel <= 1:
-        for job in jobs:
+        while (job := take()) is not None:
             if deadline is not None and time.time() > deadline:
                 skipped.append(job)
                 continue
-            done.append(xca.run_job(job))
-            _log(done[-1])
-        return done, skipped
-    pending = list(jobs)
+            finish(xca.run_job(job))
+        return done, skipped + pending
     running: dict[Future, dict] = {}
     with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
+        while True:
+            while len(running) < parallel and (job := take()) is not None:
                 if deadline is not None and time.time() > deadline:
                     skipped.append(job)
                     continue
@@ -111,9 +146,9 @@ def run_jobs(jobs: list[dict[str, Any]], parallel: int, deadline: float | None) 
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 running.pop(fut)
-                done.append(fut.result())
-                _log(done[-1])
-    return done, skipped
+                finish(fut.result())
+    # jobs whose pretraining never ran (skipped by the deadline) are reported as skipped too
+    return done, skipped + pending
 
 
 def _log(out: dict[str, Any]) -> None:
@@ -149,55 +184,55 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     threads = 1 if args.quick else _threads(args.parallel)  # --quick shares a small CPU politely
-    print(json.dumps({"data": os.fspath(data), "out": os.fspath(out), "full": full, "settings": s}), flush=True)
+    print(json.dumps({"data": os.fspath(data), "out": os.fspath(out), "full": full, "settings": s,
+                      "parallel": args.parallel, "threads": threads}), flush=True)
     if not full and not args.quick:
         print(f"note: {data} is not the full 40 + 40 dataset: rows go to {results_json}; models/ is left alone",
               file=sys.stderr, flush=True)
+    if args.fresh and results_json.is_file():
+        results_json.unlink()  # a new study replaces the old rows (git keeps them)
 
-    pre = [
-        {"kind": "pretrain", "name": name, "threads": 1 if args.quick else _threads(min(args.parallel, 2)),
+    jobs: list[dict[str, Any]] = [
+        {"kind": "pretrain", "name": name, "threads": threads,
          "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
                     "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": s["crop"],
                     "device": args.device, "seed": 0}}
         for name in ("cmunet", "mae")
     ]
-    pre_done, pre_skipped = run_jobs(pre, min(args.parallel, 2), deadline)
-    encoders = {p["name"]: p["encoder"] for p in pre_done}
-
-    jobs = []
     for seed in s["seeds"]:
         for n in s["labels"]:
             for init in INITS:
-                if init != "scratch" and init not in encoders:
-                    continue
                 run_dir = out / "finetune" / f"{init}_n{n}_s{seed}"
                 keep = init == "cmunet" and n == max(s["labels"]) and seed == 0
                 save = out / "models" / "model.pt" if keep else None
-                jobs.append({
-                    "kind": "finetune", "init": init, "seed": seed, "threads": threads,
+                job = {
+                    "kind": "finetune", "init": init, "seed": seed, "threads": threads, "keep": keep,
                     "kwargs": {"data": data, "output_dir": os.fspath(run_dir), "n_labels": n, "seed": seed,
-                               "encoder": encoders.get(init), "max_steps": s["finetune_steps"],
+                               "encoder": None, "max_steps": s["finetune_steps"],
                                "batch_size": s["finetune_batch"], "crop": s["crop"], "eval_every": s["eval_every"],
                                "device": args.device, "test_limit": s["test_limit"],
                                "save_model": None if save is None else os.fspath(save)},
-                })
-    done, skipped = run_jobs(jobs, args.parallel, deadline)
+                }
+                if init != "scratch":
+                    job["needs"] = init
+                jobs.append(job)
+
     pool = len(xca.image_pairs(data, "train"))
-    for d in done:
+    models_written: list[str] = []
+    encoders: dict[str, str] = {}
+
+    def on_done(d: dict[str, Any]) -> None:
+        """Write each result as it arrives, so a run cut short by a time limit keeps what it finished."""
+        if d["kind"] == "pretrain":
+            encoders[d["name"]] = d["encoder"]
+            return
         result = xca.publish_split(d["result"], BUNDLE) if full else d["result"]
         for row in xca.result_rows(result, d["init"], d["seed"], pool, command):
             xca.append_result(results_json, row)
+        if d.get("keep") and full and not args.no_models and "cmunet" in encoders:
+            models_written.extend(_ship_models(Path(encoders["cmunet"]), out / "models"))
 
-    models_written = []
-    if full and not args.no_models and "cmunet" in encoders and (out / "models" / "model.pt").is_file():
-        size = Path(encoders["cmunet"]).stat().st_size + (out / "models" / "model.pt").stat().st_size
-        if size > MODELS_LIMIT:
-            print(f"models: {size / 2**20:.1f} MB exceeds 25 MB; not copied", file=sys.stderr)
-        else:
-            for src, name in ((Path(encoders["cmunet"]), "pretrained_encoder.pt"),
-                              (out / "models" / "model.pt", "model.pt"), (out / "models" / "model.json", "model.json")):
-                _copy_atomic(src, BUNDLE / "models" / name)
-                models_written.append(os.fspath(BUNDLE / "models" / name))
+    done, skipped = run_jobs(jobs, args.parallel, deadline, on_done)
     if full:
         from medssl.eval.results import render_results_table
 
@@ -205,13 +240,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from medssl.eval.results import load_results, summarise
 
-    for r in summarise(load_results(results_json)):
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+    if results_json.is_file():
+        for r in summarise(load_results(results_json)):
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
     missing = [f"{j.get('init', j.get('name'))}/{j['kwargs'].get('n_labels', '-')}/{j.get('seed', 0)}"
-               for j in pre_skipped + skipped]
+               for j in skipped]
     print(json.dumps({"minutes": round((time.time() - t0) / 60, 2), "runs": len(done), "skipped": missing,
                       "results_json": os.fspath(results_json), "models": models_written}), flush=True)
     return 1 if missing else 0
+
+
+def _ship_models(encoder: Path, run_models: Path) -> list[str]:
+    """Copy the CM-UNet encoder and the kept fine-tuned model into the bundle's ``models/`` (atomic, <= 25 MB)."""
+    files = ((encoder, "pretrained_encoder.pt"), (run_models / "model.pt", "model.pt"),
+             (run_models / "model.json", "model.json"))
+    size = sum(src.stat().st_size for src, _ in files)
+    if size > MODELS_LIMIT:
+        print(f"models: {size / 2**20:.1f} MB exceeds 25 MB; not copied", file=sys.stderr)
+        return []
+    for src, name in files:
+        _copy_atomic(src, BUNDLE / "models" / name)
+    return [os.fspath(BUNDLE / "models" / name) for _, name in files]
 
 
 if __name__ == "__main__":

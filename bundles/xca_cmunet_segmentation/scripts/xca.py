@@ -14,6 +14,10 @@ Fine-tuning protocol (the same for every initialisation, random included):
   labels; Dice + cross-entropy loss; AdamW, warm-up + cosine, gradient clipping, the same steps.
 - Every ``eval_every`` steps the validation Dice (at its best threshold) is measured; the best state is kept.
 - Test: all test images, full size, sliding window of the training crop; Dice and clDice per image, averaged.
+- Flip test-time augmentation (``flip_tta``, on by default): validation and test probabilities are averaged
+  over the four flips of the image. The same run also scores the plain prediction (its own validation
+  threshold, the same selected step), reported as ``dice_no_tta`` / ``cldice_no_tta``, so the effect of the
+  augmentation is measured on the same models.
 """
 
 from __future__ import annotations
@@ -291,11 +295,13 @@ def finetune_and_test(
     test_limit: int | None = None,
     channels: Sequence[int] = CHANNELS,
     save_model: str | os.PathLike[str] | None = None,
+    flip_tta: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune (or train from scratch, ``encoder=None``) with ``n_labels`` labelled images, then test.
 
     See the module docstring for the protocol. Returns a JSON-ready dict with ``dice``, ``cldice`` (test
-    means), ``threshold``, ``best_step``, ``n_train``, ``n_val``, ``prior``, ``split_file``, ``seconds``.
+    means), ``threshold``, ``best_step``, ``n_train``, ``n_val``, ``prior``, ``split_file``, ``seconds``;
+    with ``flip_tta`` also ``dice_no_tta``, ``cldice_no_tta`` and ``threshold_no_tta`` (the plain prediction).
     """
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -335,17 +341,24 @@ def finetune_and_test(
     )
     roi = (crop, crop)
     val = [(_grey_frames(by_id[i][0])[0].numpy(), _mask(by_id[i][1]).numpy()) for i in val_ids]
-    best: dict[str, Any] = {"dice": -1.0, "threshold": 0.5, "step": max_steps, "state": None}
+    best: dict[str, Any] = {"dice": -1.0, "threshold": 0.5, "threshold_no_tta": 0.5, "step": max_steps,
+                            "state": None}
     step = 0
     chunk = eval_every if val else max_steps
     while step < max_steps:
         step = min(step + chunk, max_steps)
         trainer.fit(resume=trainer.last_checkpoint if trainer.step else False, stop_at_step=step)
         if val:
-            probs = np.stack([sliding_window_probabilities(model, im[None], roi, dev)[0] for im, _ in val])
-            d, t = _val_dice(probs, np.stack([m for _, m in val]))
+            val_masks = np.stack([m for _, m in val])
+            probs = np.stack([sliding_window_probabilities(model, im[None], roi, dev, flip_tta=flip_tta)[0]
+                              for im, _ in val])
+            d, t = _val_dice(probs, val_masks)
             if d > best["dice"]:
-                best = {"dice": d, "threshold": t, "step": step,
+                t_plain = t
+                if flip_tta:  # the plain prediction gets its own validation threshold at the same step
+                    plain = np.stack([sliding_window_probabilities(model, im[None], roi, dev)[0] for im, _ in val])
+                    t_plain = _val_dice(plain, val_masks)[1]
+                best = {"dice": d, "threshold": t, "threshold_no_tta": t_plain, "step": step,
                         "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -355,37 +368,52 @@ def finetune_and_test(
         stale.unlink(missing_ok=True)  # the optimiser state is not needed after the run
 
     test = image_pairs(data, "test")[: test_limit or None]
-    dices, cldices = [], []
+    dices, cldices, plain_dices, plain_cldices = [], [], [], []
     for img_path, mask_path in test:
-        prob = sliding_window_probabilities(model, _grey_frames(img_path)[0].numpy()[None], roi, dev)[0]
-        pred = prob >= best["threshold"]
+        image = _grey_frames(img_path)[0].numpy()[None]
         truth = _mask(mask_path).numpy()
+        pred = sliding_window_probabilities(model, image, roi, dev, flip_tta=flip_tta)[0] >= best["threshold"]
         dices.append(dice(pred, truth))
         cldices.append(cldice(pred, truth))
+        if flip_tta:
+            plain = sliding_window_probabilities(model, image, roi, dev)[0] >= best["threshold_no_tta"]
+            plain_dices.append(dice(plain, truth))
+            plain_cldices.append(cldice(plain, truth))
     result = {
         "dice": float(np.mean(dices)), "cldice": float(np.mean(cldices)), "threshold": float(best["threshold"]),
+        "flip_tta": bool(flip_tta),
         "val_dice": None if best["dice"] < 0 else float(best["dice"]), "best_step": int(best["step"]),
         "max_steps": int(max_steps), "n_labels": int(n_labels), "n_train": len(train_ids), "n_val": len(val_ids),
         "n_test": len(test), "prior": prior, "split_file": os.fspath(split_file),
         "seconds": round(time.perf_counter() - t0, 1), "device": str(dev),
     }
+    if flip_tta:
+        result.update(dice_no_tta=float(np.mean(plain_dices)), cldice_no_tta=float(np.mean(plain_cldices)),
+                      threshold_no_tta=float(best["threshold_no_tta"]))
     if save_model is not None:
         _save_state(save_model, model.state_dict())
-        info = {k: result[k] for k in ("threshold", "n_labels", "n_train", "n_val", "prior", "dice", "cldice")}
+        info = {k: result[k] for k in ("threshold", "flip_tta", "n_labels", "n_train", "n_val", "prior", "dice",
+                                       "cldice")}
         atomic_write_json(Path(save_model).with_suffix(".json"), {**info, "channels": list(channels), "roi": roi})
     atomic_write_json(out / "result.json", result)
     return result
 
 
 def result_rows(result: dict[str, Any], init: str, seed: int, pool_size: int, command: str) -> list[dict[str, Any]]:
-    """Two result rows (Dice, clDice) for :func:`medssl.eval.results.append_result`."""
+    """Result rows for :func:`medssl.eval.results.append_result`.
+
+    Dice and clDice, plus ``dice_no_tta`` and ``cldice_no_tta`` (the same models without flip averaging) when
+    the run measured them.
+    """
     extra = {k: result[k] for k in ("n_labels", "n_train", "n_val", "threshold", "best_step", "max_steps",
                                     "n_test", "device")}
+    extra["flip_tta"] = bool(result.get("flip_tta", False))
+    metrics = [m for m in ("dice", "cldice", "dice_no_tta", "cldice_no_tta") if m in result]
     return [
         {"task": TASK, "label_fraction": result["n_labels"] / pool_size, "seed": int(seed), "init": init,
          "metric": metric, "value": float(result[metric]), "split_file": result["split_file"], "command": command,
          **extra}
-        for metric in ("dice", "cldice")
+        for metric in metrics
     ]
 
 
