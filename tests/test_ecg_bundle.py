@@ -117,6 +117,15 @@ def test_pretraining_with_mixed_tokens(tmp_path: Path) -> None:
     assert not enc.channel_tokens and enc.num_patches == eb.WINDOW // eb.PATCH and enc.patch_dim == 12 * eb.PATCH
     x = [np.random.default_rng(0).standard_normal((12, eb.WINDOW)).astype(np.float32)]
     assert np.isfinite(eb.reconstruction_metrics(hist["method"], x)["mse"])
+    # the downstream heads take the mixed-token encoder; lead-wise weights and mixed weights do not mix
+    net = eb.build_delineation(eb.build_encoder(channel_tokens=False))
+    eb.load_encoder_weights(net.encoder, hist["encoder"])
+    with torch.no_grad():
+        assert net(torch.from_numpy(x[0])[None]).shape == (1, 12, len(eb.WAVE_CLASSES), eb.WINDOW)
+    from medssl.errors import InputError
+
+    with pytest.raises(InputError, match="encoder.pt.*--tokens"):
+        eb.load_encoder_weights(eb.build_encoder(), hist["encoder"])
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,19 @@ def test_delineation_net_reaches_sample_resolution() -> None:
     out[0, 0, 1, 101].backward()
     assert not torch.allclose(g1, x.grad)
     with pytest.raises(ValueError):
-        DelineationNet(ViTEncoder(1, 12, 450, 75, hidden_size=48, depth=1, num_heads=3))
+        DelineationNet(ViTEncoder(2, 1, 32, 8, hidden_size=48, depth=1, num_heads=3))
+
+
+def test_delineation_net_decodes_plain_tokens_once_per_lead() -> None:
+    torch.manual_seed(0)
+    net = DelineationNet(ViTEncoder(1, 12, 450, 75, hidden_size=48, depth=1, num_heads=3)).eval()
+    x = torch.randn(2, 12, 450)
+    x[:, 5] = x[:, 2]  # two leads with the same signal share the tokens and the skip: the same output
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, 12, 4, 450)
+    torch.testing.assert_close(out[:, 5], out[:, 2])
+    assert not torch.allclose(out[:, 0], out[:, 2])  # each lead is decoded with its own signal
 
 
 def test_ludb_marks_and_labels_round_trip() -> None:

@@ -103,22 +103,23 @@ class SignalUNetDecoder(nn.Module):
 
 
 class DelineationNet(nn.Module):
-    """Lead-wise ViT encoder + :class:`SignalUNetDecoder`: per-lead, per-sample classes (none, P, QRS, T).
+    """1-D ViT encoder + :class:`SignalUNetDecoder`: per-lead, per-sample classes (none, P, QRS, T).
 
-    Each lead's row of tokens (which have attended to all leads in the encoder) is decoded with that lead's
-    raw signal as skip, so the output is ``[B, leads, classes, L]``: one delineation per lead, as LUDB
-    annotates them.
+    With a lead-wise encoder (``channel_tokens=True``) each lead's row of tokens (which have attended to all
+    leads in the encoder) is decoded with that lead's raw signal as skip. With a plain encoder (one token per
+    patch of all leads) the one row of tokens is decoded once per lead, each time with that lead's signal as
+    skip. Either way the output is ``[B, leads, classes, L]``: one delineation per lead, as LUDB annotates them.
 
     Args:
-        encoder: a 1-D :class:`ViTEncoder` with ``channel_tokens=True``.
+        encoder: a 1-D :class:`ViTEncoder` (lead-wise or plain tokens).
         num_classes: classes per sample (4: none, P, QRS, T).
         features: decoder widths (see :class:`SignalUNetDecoder`).
     """
 
     def __init__(self, encoder: ViTEncoder, num_classes: int = 4, features: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        if encoder.spatial_dims != 1 or not encoder.channel_tokens:
-            raise ValueError("DelineationNet needs a 1-D ViTEncoder with channel_tokens=True.")
+        if encoder.spatial_dims != 1:
+            raise ValueError("DelineationNet needs a 1-D ViTEncoder.")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
         self.encoder = encoder
@@ -127,9 +128,11 @@ class DelineationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, L]`` -> logits ``[B, C, num_classes, L]``."""
-        tokens = self.encoder(x)  # [B, C * T, D], lead-major
+        tokens = self.encoder(x)  # [B, C * T, D] lead-major, or [B, T, D] for plain tokens
         b, c, length = x.shape
-        t = tokens.shape[1] // c
-        tok = tokens.reshape(b * c, t, -1).transpose(1, 2)
+        if self.encoder.channel_tokens:
+            tok = tokens.reshape(b * c, tokens.shape[1] // c, -1).transpose(1, 2)
+        else:  # the shared token row, once per lead
+            tok = tokens.transpose(1, 2).repeat_interleave(c, dim=0)
         out = self.decoder(tok, x.reshape(b * c, 1, length))
         return out.reshape(b, c, self.num_classes, length)

@@ -591,6 +591,12 @@ if str(bundle_root()) not in sys.path:  # so `import scripts...` works from anyw
 
 
 # ----------------------------------------------------------------------------------------------- fine-tuning
+def _lead_tokens(tokens: str) -> bool:
+    if tokens not in ("lead", "mixed"):
+        raise ValueError(f"tokens must be 'lead' or 'mixed', got {tokens!r}.")
+    return tokens == "lead"
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load an encoder state dict (``encoder.pt`` / ``models/encoder_pretrained.pt``) or a trainer checkpoint."""
     p = Path(path)
@@ -598,6 +604,12 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> No
     if "method" in sd:  # a medssl trainer checkpoint
         sd = {k[len("encoder.") :]: v for k, v in sd["method"].items() if k.startswith("encoder.")}
     ref = encoder.state_dict()
+    bad = [k for k, v in sd.items() if k in ref and tuple(v.shape) != tuple(ref[k].shape)]
+    if bad:
+        from medssl.errors import InputError
+
+        raise InputError(p, f"encoder weights do not fit this encoder ({bad[0]}: {tuple(sd[bad[0]].shape)} vs "
+                            f"{tuple(ref[bad[0]].shape)}); lead-wise and mixed-token encoders differ (--tokens)")
     encoder.load_state_dict({k: v.to(ref[k].dtype) for k, v in sd.items() if k in ref}, strict=True)
 
 
@@ -649,13 +661,16 @@ def train_delineation(
     lr: float = 1e-3,
     seed: int = 0,
     device: str = "auto",
+    tokens: str = "lead",
 ) -> nn.Module:
     """Fine-tune :func:`build_delineation` on LUDB records (``init`` = encoder weights, ``None`` = scratch).
 
     The recipe is identical for both inits (AdamW, warm-up + cosine, clip 1.0, same steps and batch).
+    ``tokens``: ``"lead"`` (one token per lead and patch) or ``"mixed"`` (one per patch of all 12 leads); it
+    must match the layout of ``init``.
     """
     torch.manual_seed(seed)
-    net = build_delineation()
+    net = build_delineation(build_encoder(channel_tokens=_lead_tokens(tokens)))
     if init is not None:
         load_encoder_weights(net.encoder, init)
     return _finetune(net, train, "waves", delineation_loss, output_dir, max_steps, batch_size, lr, seed, device)
@@ -682,12 +697,16 @@ def train_diagnosis(
     lr: float = 5e-4,
     seed: int = 0,
     device: str = "auto",
+    tokens: str = "lead",
 ) -> nn.Module:
-    """Fine-tune :func:`build_classifier` (multi-label BCE, output bias at the training prior)."""
+    """Fine-tune :func:`build_classifier` (multi-label BCE, output bias at the training prior).
+
+    ``tokens`` as in :func:`train_delineation`.
+    """
     from medssl.eval.finetune import init_output_bias_to_prior
 
     torch.manual_seed(seed)
-    clf = build_classifier()
+    clf = build_classifier(build_encoder(channel_tokens=_lead_tokens(tokens)))
     if init is not None:
         load_encoder_weights(clf.encoder, init)
     prior = np.stack([r.diagnosis for r in train]).mean(0)
@@ -713,12 +732,13 @@ def auroc_by_diagnosis(scores: np.ndarray, labels: np.ndarray) -> dict[str, floa
 
 
 def probe_diagnosis(
-    train: Sequence[LudbRecord], test: Sequence[LudbRecord], init: str | os.PathLike[str] | None
+    train: Sequence[LudbRecord], test: Sequence[LudbRecord], init: str | os.PathLike[str] | None,
+    tokens: str = "lead",
 ) -> np.ndarray:
     """Linear probe (L-BFGS logistic regression, bias at the prior) on frozen mean-pooled tokens."""
     from medssl.eval.linear_probe import extract_features, linear_probe
 
-    enc = build_encoder()
+    enc = build_encoder(channel_tokens=_lead_tokens(tokens))
     if init is not None:
         load_encoder_weights(enc, init)
     tr = _loader(LudbDataset(train, "diagnosis", random_crop=False), 16, 0, shuffle=False, drop_last=False)
