@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medssl import samples
 from medssl.bundles import (
@@ -93,6 +95,22 @@ def test_cli_infer_good_and_bad_inputs(bundle_copy, tmp_path):
     assert line["input"] == str(png) and Path(line["seg_png"]).is_file() and Path(line["overlay"]).is_file()
 
 
+def test_infer_follows_the_models_flip_tta_unless_told_not_to(bundle_copy, tmp_path):
+    torch.set_num_threads(1)
+    png, _ = samples.xca_pairs("test")[0]
+    (bundle_copy / "models" / "model.json").write_text('{"threshold": 0.5, "flip_tta": true}')
+    masks = {}
+    for name, extra in (("tta", {}), ("plain", {"flip_tta": False})):
+        (result,) = run_workflow(NAME, "inference", {"inputs": [os.fspath(png)], "device": "cpu",
+                                                     "output_dir": os.fspath(tmp_path / name), **extra})
+        assert result["flip_tta"] is (name == "tta") and not result["failed"]
+        masks[name] = np.asarray(Image.open(tmp_path / name / f"{png.stem}_seg.png"))
+    assert masks["tta"].shape == masks["plain"].shape and (masks["tta"] != masks["plain"]).any()
+    assert main(["infer", NAME, os.fspath(png), "--out", os.fspath(tmp_path / "cli"), "--device", "cpu",
+                 "--no-flip-tta"]) == 0
+    assert (np.asarray(Image.open(tmp_path / "cli" / f"{png.stem}_seg.png")) == masks["plain"]).all()
+
+
 def test_cli_bundle_verify(bundle_copy):
     res = _run(["-m", "medssl", "bundle", "verify", NAME], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
@@ -129,7 +147,7 @@ def test_finetune_and_pretrain_workflows_run_on_the_samples(bundle_copy, tmp_pat
                                                 "label_fraction": 0.5, "seed": 1})
     assert result["n_labels"] == 3 and result["init"] == "cmunet"
     rows = json.loads(Path(result["results_json"]).read_text())
-    assert {r["metric"] for r in rows} == {"dice", "cldice"}
+    assert {r["metric"] for r in rows} == {"dice", "cldice", "dice_no_tta", "cldice_no_tta"}
     assert not Path(result["results_json"]).is_relative_to(bundle_copy)  # sample runs never touch docs/
 
 

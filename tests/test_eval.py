@@ -374,3 +374,17 @@ def test_summary_keeps_the_headline_metric_first():
     base = {"task": "t", "label_fraction": 1.0, "init": "scratch", "split_file": "s.json", "command": "c"}
     rows = [{**base, "seed": 0, "metric": "dice", "value": 0.7}, {**base, "seed": 0, "metric": "cldice", "value": 0.8}]
     assert [s["metric"] for s in summarise(rows)] == ["dice", "cldice"]
+
+
+def test_plot_label_curve_writes_a_png_and_names_a_missing_metric(tmp_path):
+    from medssl.eval.results import plot_label_curve
+
+    results = tmp_path / "results.json"
+    for seed, v in enumerate([0.80, 0.84, 0.82]):
+        append_result(results, _row(seed, v))
+    append_result(results, _row(0, 0.5, lf=1.0, init="scratch", metric="dice"))
+    png = plot_label_curve(results, "auroc", tmp_path / "fig" / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert not list((tmp_path / "fig").glob("*.tmp*"))
+    with pytest.raises(ValueError, match="cldice"):
+        plot_label_curve(results, "cldice", tmp_path / "x.png")

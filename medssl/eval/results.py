@@ -6,7 +6,8 @@ parallel seeds can append to the same file); :func:`render_results_table` rewrit
 between ``<!-- results:start -->`` and ``<!-- results:end -->`` with mean ± std over seeds.
 
 Command line: ``python -m medssl.eval.results BUNDLE_DIR`` renders ``BUNDLE_DIR/docs/results.json``
-into ``BUNDLE_DIR/docs/README.md``.
+into ``BUNDLE_DIR/docs/README.md``; ``--plot METRIC PNG`` also draws the label-efficiency curve of one metric
+(:func:`plot_label_curve`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "summarise",
     "format_table",
     "render_results_table",
+    "plot_label_curve",
     "main",
 ]
 
@@ -202,17 +204,78 @@ def render_results_table(
     return table
 
 
+def plot_label_curve(
+    results_json: str | os.PathLike[str], metric: str, png: str | os.PathLike[str], task: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draw mean ± std of ``metric`` against the label fraction, one line per initialisation (PNG, atomic).
+
+    Args:
+        results_json: a bundle's results file.
+        metric: the metric to draw (e.g. ``"dice"``).
+        png: output file.
+        task: the task to draw (default: the first task that has ``metric``).
+        title: figure title (default: ``"<task>: <metric>"``).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: no row has ``metric`` (for ``task``).
+    """
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = [s for s in summarise(load_results(results_json)) if s["metric"] == metric]
+    task = task or (summary[0]["task"] if summary else None)
+    summary = [s for s in summary if s["task"] == task]
+    if not summary:
+        raise ValueError(f"{results_json}: no rows with metric {metric!r}" + (f" for task {task!r}" if task else ""))
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for init in sorted({s["init"] for s in summary}):
+        pts = sorted((s["label_fraction"], s["mean"], s["std"], s["n"]) for s in summary if s["init"] == init)
+        x = [p[0] * 100 for p in pts]
+        y = [p[1] for p in pts]
+        e = [p[2] for p in pts]
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=init)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training data (%)")
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+    ax.set_title(title or f"{task}: {metric}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medssl.eval.results BUNDLE_DIR [--results PATH] [--readme PATH]``."""
+    """``python -m medssl.eval.results BUNDLE_DIR [--results PATH] [--readme PATH] [--plot METRIC PNG]``."""
     parser = argparse.ArgumentParser(prog="python -m medssl.eval.results", description=main.__doc__)
     parser.add_argument("bundle_dir", type=Path)
     parser.add_argument("--results", type=Path, default=None, help="default BUNDLE_DIR/docs/results.json")
     parser.add_argument("--readme", type=Path, default=None, help="default BUNDLE_DIR/docs/README.md")
+    parser.add_argument("--plot", nargs=2, action="append", default=[], metavar=("METRIC", "PNG"),
+                        help="also draw METRIC against the label fraction into PNG (repeatable)")
     args = parser.parse_args(argv)
     results = args.results or args.bundle_dir / "docs" / "results.json"
     readme = args.readme or args.bundle_dir / "docs" / "README.md"
     try:
         table = render_results_table(results, readme)
+        for metric, png in args.plot:
+            plot_label_curve(results, metric, png)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--finetune-steps", type=int, default=None)
     p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    p.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS),
+                   help="initialisations to fine-tune (default: all three)")
+    p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
+                   help="reuse a pretrained encoder instead of pretraining it (e.g. cmunet=models/"
+                        "pretrained_encoder.pt); repeatable")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results file instead of appending to it (a whole new study)")
     return p.parse_args(argv)
@@ -192,16 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and results_json.is_file():
         results_json.unlink()  # a new study replaces the old rows (git keeps them)
 
+    given = parse_encoders(args.encoder)
     jobs: list[dict[str, Any]] = [
         {"kind": "pretrain", "name": name, "threads": threads,
          "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
                     "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": s["crop"],
                     "device": args.device, "seed": 0}}
-        for name in ("cmunet", "mae")
+        for name in ("cmunet", "mae") if name in args.inits and name not in given
     ]
     for seed in s["seeds"]:
         for n in s["labels"]:
-            for init in INITS:
+            for init in [i for i in INITS if i in args.inits]:
                 run_dir = out / "finetune" / f"{init}_n{n}_s{seed}"
                 keep = init == "cmunet" and n == max(s["labels"]) and seed == 0
                 save = out / "models" / "model.pt" if keep else None
@@ -213,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
                                "device": args.device, "test_limit": s["test_limit"],
                                "save_model": None if save is None else os.fspath(save)},
                 }
-                if init != "scratch":
+                if init in given:
+                    job["kwargs"]["encoder"] = given[init]
+                elif init != "scratch":
                     job["needs"] = init
                 jobs.append(job)
 
     pool = len(xca.image_pairs(data, "train"))
     models_written: list[str] = []
-    encoders: dict[str, str] = {}
+    encoders: dict[str, str] = dict(given)
 
     def on_done(d: dict[str, Any]) -> None:
         """Write each result as it arrives, so a run cut short by a time limit keeps what it finished."""
@@ -248,6 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"minutes": round((time.time() - t0) / 60, 2), "runs": len(done), "skipped": missing,
                       "results_json": os.fspath(results_json), "models": models_written}), flush=True)
     return 1 if missing else 0
+
+
+def parse_encoders(items: list[str]) -> dict[str, str]:
+    """``["cmunet=path.pt", ...]`` -> ``{"cmunet": "path.pt"}``; each file must exist."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in ("cmunet", "mae"):
+            raise SystemExit(f"--encoder takes cmunet=PATH or mae=PATH, got {item!r}")
+        if not Path(path).is_file():
+            raise SystemExit(f"--encoder {name}: {path}: file not found")
+        out[name] = os.fspath(Path(path).resolve())
+    return out
 
 
 def _ship_models(encoder: Path, run_models: Path) -> list[str]:
