@@ -264,9 +264,11 @@ def parse_encoders(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or name not in ("cmunet", "mae"):
-            raise SystemExit(f"--encoder takes cmunet=PATH or mae=PATH, got {item!r}")
+            print(f"experiment: --encoder takes cmunet=PATH or mae=PATH, got {item!r}", file=sys.stderr)
+            raise SystemExit(2)
         if not Path(path).is_file():
-            raise SystemExit(f"--encoder {name}: {path}: file not found")
+            print(f"experiment: {path}: encoder weights not found (--encoder {name})", file=sys.stderr)
+            raise SystemExit(2)
         out[name] = os.fspath(Path(path).resolve())
     return out
 
