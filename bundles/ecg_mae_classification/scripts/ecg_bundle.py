@@ -282,7 +282,7 @@ def build_encoder(**overrides: Any) -> nn.Module:
     """The lead-wise 1-D ViT: 12 leads x 30 patches of 75 samples (``vit_tiny`` width, depth 4).
 
     ``channel_tokens=False`` gives the plain 1-D ViT instead: 30 tokens, each a 75-sample patch of all 12
-    leads (the delineation head needs the lead-wise layout).
+    leads (``--tokens mixed``; the delineation head then decodes the shared token row once per lead).
     """
     from medssl.networks import create_encoder
 

@@ -15,8 +15,8 @@
 
 Examples::
 
-    # the real run (one H200, all 2 + 54 runs, about 8 minutes):
-    python bundles/xca_cmunet_segmentation/scripts/experiment.py --device cuda --parallel 12 --fresh
+    # the real run (one H200, all 2 + 54 runs, an estimated 10-11 minutes; 12 workers were no faster than 6):
+    python bundles/xca_cmunet_segmentation/scripts/experiment.py --device cuda --parallel 6 --fresh
     # a smoke test on CPU (a couple of minutes; writes only under --out):
     python bundles/xca_cmunet_segmentation/scripts/experiment.py --quick --device cpu
 """
@@ -194,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     if not full and not args.quick:
         print(f"note: {data} is not the full 40 + 40 dataset: rows go to {results_json}; models/ is left alone",
               file=sys.stderr, flush=True)
+    given = parse_encoders(args.encoder)  # before --fresh touches anything
     if args.fresh and results_json.is_file():
         results_json.unlink()  # a new study replaces the old rows (git keeps them)
 
-    given = parse_encoders(args.encoder)
     jobs: list[dict[str, Any]] = [
         {"kind": "pretrain", "name": name, "threads": threads,
          "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
