@@ -245,3 +245,29 @@ def test_ludb_marks_score_perfectly_against_themselves(shared_data: Path) -> Non
         total.add(score_delineation(w, w, fs=rec.meta.sampling_rate))
     s = total.summary()
     assert s["mean_f1"] == 1.0 and s["mean_abs_error_ms"] == 0.0
+
+
+def test_mixed_token_targets_are_taken_per_lead() -> None:
+    """A token of 12 leads (samples ordered (time, lead) by patchify): spectrum and pooling per lead."""
+    from medssl.losses.spectral import coarse_reconstruction_loss, spectral_reconstruction_loss, split_channels
+    from medssl.networks import ViTEncoder
+    from medssl.networks.patching import patchify
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 150, generator=g)
+    y = torch.randn(2, 12, 150, generator=g)
+    enc = ViTEncoder(1, 12, 150, 75, hidden_size=24, depth=1, num_heads=2)
+    px, py = patchify(x, enc), patchify(y, enc)  # [2, 2, 900]
+    # split_channels recovers each lead's 75 samples from the interleaved token
+    np.testing.assert_array_equal(split_channels(px, 12).numpy(), x.reshape(2, 12, 2, 75).permute(0, 2, 1, 3).numpy())
+    # the loss equals numpy's per-lead spectra of the raw patches (no normalisation, no log)
+    fx = np.abs(np.fft.rfft(x.reshape(2, 12, 2, 75).numpy(), axis=-1, norm="ortho"))
+    fy = np.abs(np.fft.rfft(y.reshape(2, 12, 2, 75).numpy(), axis=-1, norm="ortho"))
+    got = spectral_reconstruction_loss(py, px, norm_pix=False, log=False, channels=12)
+    np.testing.assert_allclose(float(got), np.mean((fy - fx) ** 2), rtol=1e-5)
+    cx = x.reshape(2, 12, 2, 15, 5).mean(-1)
+    cy = y.reshape(2, 12, 2, 15, 5).mean(-1)
+    got = coarse_reconstruction_loss(py, px, factor=5, norm_pix=False, channels=12)
+    np.testing.assert_allclose(float(got), float(((cy - cx) ** 2).mean()), rtol=1e-5)
+    # over the interleaved vector the spectrum is a different quantity
+    assert abs(float(spectral_reconstruction_loss(py, px, False, False)) - np.mean((fy - fx) ** 2)) > 1e-3

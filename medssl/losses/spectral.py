@@ -30,6 +30,7 @@ __all__ = [
     "denormalize_patches",
     "reconstruction_quality",
     "patch_magnitude_spectrum",
+    "split_channels",
     "spectral_reconstruction_loss",
     "SpectralReconstructionLoss",
 ]
@@ -51,23 +52,40 @@ def patch_magnitude_spectrum(patches: torch.Tensor, norm: str = "ortho") -> torc
     return torch.fft.rfft(patches.float(), dim=-1, norm=norm).abs()
 
 
+def split_channels(patches: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[..., P * C]`` tokens whose samples are ordered ``(p, channel)`` -> ``[..., C, P]``, one row per channel.
+
+    :func:`medssl.networks.patching.patchify` orders a multi-channel token's samples with the channel
+    fastest; the frequency and coarse targets must be taken per channel (per ECG lead), not over that
+    interleaved vector. ``channels=1`` only adds the channel axis.
+    """
+    if channels < 1 or patches.shape[-1] % channels:
+        raise ValueError(f"channels {channels} must be >= 1 and divide the token length {patches.shape[-1]}.")
+    p = patches.shape[-1] // channels
+    return patches.reshape(*patches.shape[:-1], p, channels).transpose(-1, -2)
+
+
 def spectral_reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = True, log: bool = True
+    pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = True, log: bool = True, channels: int = 1
 ) -> torch.Tensor:
     """MSE between the magnitude spectra of predicted and true patches (arXiv 2506.22495).
 
     Args:
-        pred: ``[B, K, P]`` predicted patches (in the normalised space when ``norm_pix``).
-        target: ``[B, K, P]`` true patches (raw; normalised here when ``norm_pix``).
+        pred: ``[B, K, P * channels]`` predicted patches (in the normalised space when ``norm_pix``).
+        target: ``[B, K, P * channels]`` true patches (raw; normalised here, over the whole token, when
+            ``norm_pix``).
         norm_pix: normalise each true patch first, as the time target does.
         log: compare ``log1p`` magnitudes (keeps the few large low-frequency bins from dominating).
+        channels: channels per token, samples ordered ``(p, channel)`` as :func:`split_channels` expects;
+            the spectrum is taken per channel over its ``P`` samples.
 
     Returns:
-        Scalar mean over patches and frequency bins.
+        Scalar mean over patches, channels and frequency bins.
     """
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [B, K, P].")
     tgt = normalize_patches(target.detach()) if norm_pix else target.detach()
+    pred, tgt = split_channels(pred, channels), split_channels(tgt, channels)
     sp, st = patch_magnitude_spectrum(pred), patch_magnitude_spectrum(tgt)
     if log:
         sp, st = torch.log1p(sp), torch.log1p(st)
@@ -82,15 +100,16 @@ def coarse_patches(patches: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def coarse_reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, factor: int = 5, norm_pix: bool = True
+    pred: torch.Tensor, target: torch.Tensor, factor: int = 5, norm_pix: bool = True, channels: int = 1
 ) -> torch.Tensor:
     """MSE between down-sampled (average-pooled) predicted and true patches: the coarse-grained target.
 
     Args:
-        pred: ``[B, K, P]`` predicted patches.
-        target: ``[B, K, P]`` true patches (normalised here when ``norm_pix``).
+        pred: ``[B, K, P * channels]`` predicted patches.
+        target: ``[B, K, P * channels]`` true patches (normalised here when ``norm_pix``).
         factor: pooling factor (75-sample patches at 250 Hz, factor 5: 15 values at 50 Hz).
         norm_pix: normalise each true patch first.
+        channels: channels per token (see :func:`split_channels`); each channel is pooled over its own samples.
 
     Returns:
         Scalar.
@@ -98,6 +117,7 @@ def coarse_reconstruction_loss(
     if pred.shape != target.shape or pred.ndim != 3:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [B, K, P].")
     tgt = normalize_patches(target.detach()) if norm_pix else target.detach()
+    pred, tgt = split_channels(pred, channels), split_channels(tgt, channels)
     return F.mse_loss(coarse_patches(pred, factor), coarse_patches(tgt, factor))
 
 
@@ -156,6 +176,8 @@ class TimeFrequencyTargets:
         coarse_factor: pooling factor of the coarse target.
         norm_pix: whether the MAE's time target is normalised per patch (must match the MAE).
         log_spectrum: compare ``log1p`` magnitudes.
+        channels: channels in one token (1 for lead-wise tokens; 12 for tokens that hold a patch of all 12
+            leads): the spectrum and the pooling are then taken per lead (:func:`split_channels`).
     """
 
     def __init__(
@@ -165,7 +187,10 @@ class TimeFrequencyTargets:
         coarse_factor: int = 5,
         norm_pix: bool = True,
         log_spectrum: bool = True,
+        channels: int = 1,
     ) -> None:
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}.")
         if freq_weight < 0 or coarse_weight < 0:
             raise ValueError(f"weights must be >= 0, got {freq_weight}, {coarse_weight}.")
         self.freq_weight = float(freq_weight)
@@ -173,6 +198,7 @@ class TimeFrequencyTargets:
         self.coarse_factor = int(coarse_factor)
         self.norm_pix = norm_pix
         self.log_spectrum = log_spectrum
+        self.channels = int(channels)
 
     def __call__(
         self, batch: dict[str, Any], pred: torch.Tensor, target: torch.Tensor, target_idx: torch.Tensor
@@ -181,10 +207,10 @@ class TimeFrequencyTargets:
         out: dict[str, torch.Tensor] = {}
         if self.freq_weight > 0:
             out["freq"] = self.freq_weight * spectral_reconstruction_loss(
-                pred, target, self.norm_pix, self.log_spectrum
+                pred, target, self.norm_pix, self.log_spectrum, self.channels
             )
         if self.coarse_weight > 0:
             out["coarse"] = self.coarse_weight * coarse_reconstruction_loss(
-                pred, target, self.coarse_factor, self.norm_pix
+                pred, target, self.coarse_factor, self.norm_pix, self.channels
             )
         return out
