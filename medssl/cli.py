@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flip-tta", action="store_true",
                    help="segmentation bundles: skip the flip averaging the model was selected with (4x faster, "
                         "usually a little less accurate)")
+    p.add_argument("--reconstruction", action="store_true",
+                   help="masked-autoencoder bundles: also draw <record>_reconstruction.png (75 %% of the signal "
+                        "hidden and filled in by the pretrained MAE)")
     p.add_argument("--simulate-blades", type=int, metavar="N",
                    help="reconstruction bundles: simulate N PROPELLER blades from a magnitude image")
     p.add_argument("--snr", type=float, metavar="S", help="reconstruction bundles: SNR of the simulated noise")
@@ -175,6 +178,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     }
     if args.no_flip_tta:  # only segmentation bundles read it (unset = what models/model.json says)
         overrides["flip_tta"] = False
+    if args.reconstruction:  # only bundles with an MAE decoder in models/ read it
+        overrides["reconstruction"] = True
     if args.simulate_blades is not None:  # only bundles that simulate k-space read these (unset = their default)
         if args.simulate_blades < 2:
             raise MedsslError(f"--simulate-blades must be >= 2, got {args.simulate_blades}")

@@ -505,7 +505,8 @@ def _stage_ecg_bundle(out: Path, device: str, max_steps: int) -> Section:
     losses = [float(v) for v in history["loss"]]
     first, last = _first_last(losses)
     sec.text.append(
-        f"Lead-wise ViT masked autoencoder, {steps} steps on the {len(samples.cinc_records())} shipped CinC ECGs "
+        f"1-D ViT masked autoencoder (one token per 0.3 s patch of all 12 leads, the bundle's default), "
+        f"{steps} steps on the {len(samples.cinc_records())} shipped CinC ECGs "
         f"(mean loss of the first 5 steps {first:.3f}, of the last 5 {last:.3f}); diagnosis head fine-tuned for "
         f"{steps} steps; `medssl infer` on the DICOM ECG wrote {Path(summary['predictions']).name} and the "
         "12-lead picture. The samples carry no wave labels, so this smoke run has no delineation head; the "

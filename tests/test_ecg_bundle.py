@@ -50,6 +50,19 @@ def test_network_shapes_match_the_metadata(monkeypatch: pytest.MonkeyPatch) -> N
     assert out.shape == (1, 12, 4, 2250)
 
 
+def test_network_def_loads_the_shipped_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MONAI user's path: inference.json's network_def / delineation_def take models/ strictly."""
+    models = BUNDLE / "models"
+    if not (models / "classifier.pt").is_file():
+        pytest.skip("no committed models/ in this checkout")
+    p = _parser("inference", monkeypatch)
+    assert p["tokens"] == json.loads((models / "model_config.json").read_text()).get("tokens", "lead")
+    for net_id, name in (("network_def", "classifier.pt"), ("delineation_def", "delineation.pt")):
+        net = p.get_parsed_content(net_id)
+        sd = torch.load(models / name, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+
+
 @pytest.mark.parametrize("workflow", ["pretrain", "finetune", "inference"])
 def test_configs_define_the_contract_ids(workflow: str, monkeypatch: pytest.MonkeyPatch) -> None:
     p = _parser(workflow, monkeypatch)
@@ -62,8 +75,11 @@ def test_configs_define_the_contract_ids(workflow: str, monkeypatch: pytest.Monk
         assert {"inputs", "threshold"} <= set(p.config)
 
 
-def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs pretrain.json through ConfigParser on the shipped CinC samples."""
+@pytest.mark.parametrize("tokens", ["mixed", "lead"])
+def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokens: str) -> None:
+    """Runs pretrain.json through ConfigParser on the shipped CinC samples, in both token layouts."""
+    from medssl.bundles import _use_bundle_scripts
+
     p = _parser(
         "pretrain",
         monkeypatch,
@@ -72,6 +88,7 @@ def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytes
         max_steps=20,
         batch_size=4,
         device="cpu",
+        tokens=tokens,
     )
     with pytest.warns(UserWarning, match="JS20008"):  # a CinC sample with flat V2/V4/V6 is skipped by name
         (hist,) = p.get_parsed_content("run")
@@ -80,6 +97,10 @@ def test_pretraining_20_steps_lowers_the_loss(tmp_path: Path, monkeypatch: pytes
     assert loss[-5:].mean() < loss[:5].mean()
     assert {"loss_rec", "loss_freq", "loss_coarse"} <= set(hist)
     assert (tmp_path / "pre" / "encoder.pt").is_file()
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts import ecg_bundle as eb
+
+    assert eb.encoder_tokens(tmp_path / "pre" / "encoder.pt") == tokens
 
 
 def test_pretraining_with_per_lead_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +147,17 @@ def test_pretraining_with_mixed_tokens(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="encoder.pt.*--tokens"):
         eb.load_encoder_weights(eb.build_encoder(), hist["encoder"])
+    # the layout is read from the weights, and a models/ folder records it so that inference rebuilds it
+    lead_file = tmp_path / "lead.pt"
+    torch.save(eb.build_encoder().state_dict(), lead_file)
+    assert eb.encoder_tokens(hist["encoder"]) == "mixed" and eb.encoder_tokens(lead_file) == "lead"
+    clf = eb.build_classifier(eb.build_encoder(channel_tokens=False))
+    eb.save_models(tmp_path / "models", clf, net, [0.5] * len(eb.DIAGNOSES), tokens="mixed")
+    clf2, dl2, cfg = eb.load_models(tmp_path / "models")
+    assert cfg["tokens"] == "mixed" and not clf2.encoder.channel_tokens and not dl2.encoder.channel_tokens
+    sig = x[0][:, : eb.WINDOW]
+    p_saved = eb.classify(clf.eval(), sig)
+    np.testing.assert_allclose(eb.classify(clf2, sig), p_saved, atol=2e-3)  # float16 storage
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +223,58 @@ def test_inference_writes_well_formed_csvs(
                 onset, peak, offset = map(int, pos)
                 assert 0 <= onset <= peak <= offset < n_samples
         assert (out / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("tokens", ["mixed", "lead"])
+def test_masked_reconstruction_picture(tmp_path: Path, tokens: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``reconstruction=True`` draws the MAE's fill-in; visible samples are the record's own, 75 % hidden."""
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    from scripts.infer import run_inference
+
+    from scripts import ecg_bundle as eb
+
+    torch.manual_seed(0)
+    enc = eb.build_encoder(channel_tokens=tokens == "lead")
+    dec = eb.build_mae_decoder(enc)
+    clf = eb.build_classifier(eb.build_encoder(channel_tokens=tokens == "lead"))
+    eb.save_models(tmp_path / "m", clf, None, [0.5, 0.5], enc, tokens=tokens, mae_decoder=dec)
+    x = np.random.default_rng(0).standard_normal((12, 3000)).astype(np.float32)
+    enc2, dec2 = eb.load_mae(tmp_path / "m")
+    rec, hidden = eb.masked_reconstruction(enc2, dec2, x)
+    assert rec.shape == hidden.shape == (12, eb.WINDOW)
+    assert hidden.mean() == pytest.approx(round(0.75 * enc.num_patches) / enc.num_patches)
+    np.testing.assert_array_equal(rec[~hidden], x[:, : eb.WINDOW][~hidden])
+    assert np.abs(rec[hidden] - x[:, : eb.WINDOW][hidden]).mean() > 0.1  # an untrained decoder does not copy
+    # hidden spans are whole 75-sample patches (of all leads for mixed tokens)
+    spans = hidden.reshape(12, -1, eb.PATCH)
+    assert (spans.all(-1) | ~spans.any(-1)).all()
+    if tokens == "mixed":
+        assert (hidden == hidden[:1]).all()
+    out = run_inference([str(ecg_dicom())], tmp_path / "out", tmp_path / "m", delineation=False,
+                        reconstruction=True)
+    assert out["records"] == ["waveform_ecg"]
+    assert (tmp_path / "out" / "waveform_ecg_reconstruction.png").stat().st_size > 1000
+    # a models/ folder without the decoder says so and still writes the rest
+    (tmp_path / "m" / "mae_decoder.pt").unlink()
+    run_inference([str(ecg_dicom())], tmp_path / "out2", tmp_path / "m", delineation=False, reconstruction=True)
+    assert "no mae_decoder.pt" in capsys.readouterr().err
+    assert not (tmp_path / "out2" / "waveform_ecg_reconstruction.png").exists()
+
+
+def test_cli_draws_the_shipped_maes_reconstruction(tmp_path: Path) -> None:
+    """``medssl infer ecg_mae_classification X --reconstruction`` with the committed models/."""
+    from medssl.cli import main
+
+    if not (BUNDLE / "models" / "mae_decoder.pt").is_file():
+        pytest.skip("no committed models/mae_decoder.pt in this checkout")
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    assert main(["infer", "ecg_mae_classification", str(ecg_dicom()), "--out", str(out), "--device", "cpu",
+                 "--reconstruction"]) == 0
+    assert (out / "waveform_ecg_reconstruction.png").stat().st_size > 1000
+    assert (out / "predictions.csv").is_file() and (out / "waveform_ecg_waves.csv").is_file()
 
 
 def test_shipped_models_fit_the_size_budget() -> None:

@@ -310,6 +310,18 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
+MAE_DECODER_ARGS = {"decoder_dim": 128, "depth": 2, "num_heads": 4}
+
+
+def build_mae_decoder(encoder: nn.Module) -> nn.Module:
+    """The MAE decoder of :func:`pretrain` for ``encoder`` (width 128, depth 2, 4 heads)."""
+    from medssl.networks import MAEDecoder
+
+    return MAEDecoder(
+        encoder.num_patches, encoder.hidden_size, encoder.patch_dim, grid_size=encoder.grid_size, **MAE_DECODER_ARGS
+    )
+
+
 def build_classifier(encoder: nn.Module | None = None) -> Classifier:
     """A :class:`Classifier` on a new (or the given) encoder."""
     return Classifier(encoder if encoder is not None else build_encoder())
@@ -347,23 +359,27 @@ def pretrain(
     num_workers: int = 0,
     norm_pix: bool = True,
     channel_tokens: bool = True,
+    tokens: str | None = None,
 ) -> dict[str, Any]:
     """Self-supervised MAE pretraining (time + frequency + coarse targets) on unlabelled ECGs.
 
     ``norm_pix`` normalises every target patch by its own mean and standard deviation (MAE's choice); with
     ``False`` the targets are the patches of the lead-standardised signal (per-lead normalisation).
     ``channel_tokens=False`` pretrains the plain 1-D ViT (one token per 75-sample patch of all 12 leads,
-    :func:`build_encoder`) instead of the lead-wise one.
+    :func:`build_encoder`) instead of the lead-wise one; ``tokens`` (``"lead"`` or ``"mixed"``), when given,
+    overrides it (``configs/pretrain.json`` passes ``tokens``; its default is ``"mixed"``, the layout that
+    leaves the trivial solution on these records, see the model card).
 
     Writes ``output_dir/checkpoints/last.pt`` (the trainer's) and ``output_dir/encoder.pt`` (the encoder's
     state dict). Returns the trainer history plus ``"checkpoint"`` and ``"encoder"`` paths.
     """
     from medssl.losses.spectral import TimeFrequencyTargets
     from medssl.masking import MaskCollator, RandomPatchMask
-    from medssl.networks import MAEDecoder
     from medssl.ssl import MAE, Trainer
     from medssl.ssl.sampler import make_loader
 
+    if tokens is not None:
+        channel_tokens = _lead_tokens(tokens)
     if data is None:
         data = default_data_root() or sample_dir()
     paths = pretrain_paths(data, exclude_ludb) if isinstance(data, str | os.PathLike) else [Path(p) for p in data]
@@ -372,20 +388,15 @@ def pretrain(
         items = load_ecgs(paths)
     ds = WindowDataset(items, windows_per_record)
     encoder = build_encoder(channel_tokens=channel_tokens)
-    decoder = MAEDecoder(
-        encoder.num_patches,
-        encoder.hidden_size,
-        encoder.patch_dim,
-        decoder_dim=128,
-        depth=2,
-        num_heads=4,
-        grid_size=encoder.grid_size,
-    )
+    decoder = build_mae_decoder(encoder)
     method = MAE(
         encoder,
         decoder,
         norm_pix=norm_pix,
-        extra_targets=TimeFrequencyTargets(freq_weight, coarse_weight, coarse_factor, norm_pix=norm_pix),
+        # per-lead spectra and pooling also when a token holds all 12 leads (samples ordered (time, lead))
+        extra_targets=TimeFrequencyTargets(
+            freq_weight, coarse_weight, coarse_factor, norm_pix=norm_pix, channels=1 if channel_tokens else 12
+        ),
     )
     collate = MaskCollator(RandomPatchMask(encoder.grid_size, mask_ratio))
     loader = make_loader(ds, min(batch_size, len(ds)), collate, seed=seed, num_workers=num_workers)
@@ -445,6 +456,76 @@ def reconstruction_metrics(
     b = reconstruction_quality(torch.zeros_like(pred), target)
     z = reconstruction_quality(torch.zeros_like(pred), target, norm_pix=False)
     return {**q, "baseline_mse": b["mse"], "baseline_sdsc": b["sdsc"], "zero_mse": z["mse"]}
+
+
+@torch.no_grad()
+def masked_reconstruction(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    x: np.ndarray,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    norm_pix: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hide ``mask_ratio`` of the tokens of the first 9 s of a prepared record and let the MAE fill them in.
+
+    Args:
+        encoder: the pretrained encoder (either token layout).
+        decoder: its MAE decoder (:func:`build_mae_decoder`).
+        x: ``[12, L]`` prepared record (250 Hz, standardised leads), ``L >= 2250`` (shorter ones are zero-padded).
+        mask_ratio: fraction of tokens hidden (0.75 as in pretraining).
+        seed: seed of the mask.
+        norm_pix: the decoder predicts per-patch normalised values (MAE's ``norm_pix``, the bundle's default);
+            they are mapped back with each hidden patch's true mean and standard deviation, as MAE's figures
+            do, so the picture shows the predicted *shape* of each hidden patch.
+
+    Returns:
+        ``(reconstruction, hidden)``: ``[12, 2250]`` signal (the visible samples copied from ``x``) and a
+        boolean ``[12, 2250]`` map of the hidden samples.
+    """
+    from medssl.losses.jepa import gather_tokens
+    from medssl.losses.spectral import denormalize_patches
+    from medssl.masking import RandomPatchMask
+    from medssl.networks import patchify, unpatchify
+
+    encoder, decoder = encoder.cpu().eval(), decoder.cpu().eval()
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float32))[None, :, :WINDOW]
+    xt = F.pad(xt, (0, WINDOW - xt.shape[-1]))
+    ctx, tgt = RandomPatchMask(encoder.grid_size, mask_ratio)(1, torch.Generator().manual_seed(seed))
+    pred = decoder(encoder(xt, context_idx=ctx), ctx, tgt)
+    tokens = patchify(xt, encoder)
+    true = gather_tokens(tokens, tgt)
+    rec = denormalize_patches(pred, true) if norm_pix else pred
+    idx = tgt[..., None].expand(-1, -1, tokens.shape[-1])
+    out = tokens.scatter(1, idx, rec.to(tokens.dtype))
+    hidden = torch.zeros_like(tokens).scatter(1, idx, torch.ones_like(rec, dtype=tokens.dtype))
+    return unpatchify(out, encoder)[0].numpy(), unpatchify(hidden, encoder)[0].numpy() > 0.5
+
+
+def load_mae(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module] | None:
+    """``(encoder, MAE decoder)`` from a ``models/`` folder, or ``None`` if it ships no ``mae_decoder.pt``."""
+    d = Path(model_dir)
+    if not (d / "mae_decoder.pt").is_file() or not (d / "encoder_pretrained.pt").is_file():
+        return None
+    cfg = json.loads((d / "model_config.json").read_text()) if (d / "model_config.json").is_file() else {}
+    encoder = build_encoder(channel_tokens=cfg.get("tokens", "lead") == "lead")
+    load_encoder_weights(encoder, d / "encoder_pretrained.pt")
+    decoder = build_mae_decoder(encoder)
+    _load_state(decoder, d / "mae_decoder.pt")
+    return encoder.eval(), decoder.eval()
+
+
+def mae_decoder_from_checkpoint(path: str | os.PathLike[str], encoder: nn.Module) -> nn.Module | None:
+    """The MAE decoder in a pretraining checkpoint (``checkpoints/last.pt``); ``None`` if it holds none."""
+    sd = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if "method" not in sd:
+        return None
+    dec = {k[len("decoder.") :]: v for k, v in sd["method"].items() if k.startswith("decoder.")}
+    if not dec:
+        return None
+    decoder = build_mae_decoder(encoder)
+    decoder.load_state_dict(dec, strict=True)
+    return decoder
 
 
 def sample_dir() -> Path:
@@ -521,8 +602,16 @@ def save_models(
     thresholds: Sequence[float],
     pretrained_encoder: nn.Module | None = None,
     info: dict[str, Any] | None = None,
+    tokens: str = "lead",
+    mae_decoder: nn.Module | None = None,
 ) -> list[Path]:
-    """Write the shipped state dicts in float16 (atomic) and ``model_config.json``; returns the paths."""
+    """Write the shipped state dicts in float16 (atomic) and ``model_config.json``; returns the paths.
+
+    ``tokens`` (``"lead"`` or ``"mixed"``) is the encoders' token layout; it is stored in the config so that
+    :func:`load_models` builds the same networks. ``mae_decoder`` (the pretraining's decoder, with
+    ``pretrained_encoder``) lets inference draw the masked reconstruction (:func:`load_mae`).
+    """
+    _lead_tokens(tokens)
     from medssl.ssl.checkpoint import atomic_write, atomic_write_json
 
     d = Path(model_dir)
@@ -532,6 +621,7 @@ def save_models(
         ("classifier.pt", classifier),
         ("delineation.pt", delineation),
         ("encoder_pretrained.pt", pretrained_encoder),
+        ("mae_decoder.pt", mae_decoder if pretrained_encoder is not None else None),
     ):
         if m is None:
             continue
@@ -549,7 +639,9 @@ def save_models(
         "window": WINDOW,
         "patch": PATCH,
         "encoder": ENCODER_ARGS,
+        "tokens": tokens,
         "leads": list(STANDARD_LEADS),
+        **({"mae": {"mask_ratio": 0.75, "norm_pix": True, **MAE_DECODER_ARGS}} if mae_decoder is not None else {}),
         **(info or {}),
     }
     out.append(atomic_write_json(d / "model_config.json", cfg))
@@ -571,11 +663,14 @@ def load_models(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module
     if not (d / "classifier.pt").is_file() or not cfg_path.is_file():
         raise CheckpointError(d, "no trained model (classifier.pt + model_config.json); run the study or finetune")
     cfg = json.loads(cfg_path.read_text())
-    clf = build_classifier()
+    tokens = cfg.get("tokens", "lead")  # configs written before the mixed-token option are lead-wise
+    if tokens not in ("lead", "mixed"):
+        raise CheckpointError(cfg_path, f"tokens must be 'lead' or 'mixed', got {tokens!r}")
+    clf = build_classifier(build_encoder(channel_tokens=tokens == "lead"))
     _load_state(clf, d / "classifier.pt")
     dl = None
     if (d / "delineation.pt").is_file():
-        dl = build_delineation()
+        dl = build_delineation(build_encoder(channel_tokens=tokens == "lead"))
         _load_state(dl, d / "delineation.pt")
         dl.eval()
     return clf.eval(), dl, cfg
@@ -597,12 +692,32 @@ def _lead_tokens(tokens: str) -> bool:
     return tokens == "lead"
 
 
+def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if "method" in sd:  # a medssl trainer checkpoint
+        sd = {k[len("encoder.") :]: v for k, v in sd["method"].items() if k.startswith("encoder.")}
+    return sd
+
+
+def encoder_tokens(path: str | os.PathLike[str]) -> str:
+    """The token layout of saved encoder weights: ``"lead"`` (one input lead per patch) or ``"mixed"`` (12).
+
+    Raises:
+        InputError: the file holds no 1-D ViT patch embedding.
+    """
+    from medssl.errors import InputError
+
+    p = Path(path)
+    w = _encoder_state(p).get("patch_embed.proj.weight")
+    if w is None or w.ndim != 3:
+        raise InputError(p, "not an ECG encoder state dict (no 1-D patch_embed.proj.weight)")
+    return "lead" if w.shape[1] == 1 else "mixed"
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load an encoder state dict (``encoder.pt`` / ``models/encoder_pretrained.pt``) or a trainer checkpoint."""
     p = Path(path)
-    sd = torch.load(p, map_location="cpu", weights_only=True)
-    if "method" in sd:  # a medssl trainer checkpoint
-        sd = {k[len("encoder.") :]: v for k, v in sd["method"].items() if k.startswith("encoder.")}
+    sd = _encoder_state(p)
     ref = encoder.state_dict()
     bad = [k for k, v in sd.items() if k in ref and tuple(v.shape) != tuple(ref[k].shape)]
     if bad:
@@ -830,6 +945,7 @@ def finetune_workflow(
     device: str = "auto",
     results_json: str | os.PathLike[str] | None = None,
     command: str = "medssl finetune ecg_mae_classification",
+    tokens: str | None = None,
 ) -> dict[str, Any]:
     """``configs/finetune.json``: fine-tune diagnosis (and, on LUDB, delineation) at one label fraction.
 
@@ -850,6 +966,8 @@ def finetune_workflow(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         results_json: where rows go (default the bundle's ``docs/results.json``).
         command: recorded in the rows.
+        tokens: the encoder's token layout (``"lead"`` or ``"mixed"``); ``None``: read from the pretrained
+            weights (``"lead"`` for scratch). Mixed-token rows are named ``pretrained_mixed`` / ``scratch_mixed``.
     """
     from medssl.eval.metrics import choose_threshold, macro_auroc
     from medssl.eval.results import append_result
@@ -865,6 +983,15 @@ def finetune_workflow(
             from medssl.errors import CheckpointError
 
             raise CheckpointError(weights, "pretrained encoder not found; run `medssl pretrain` first")
+        found = encoder_tokens(weights)
+        if tokens is not None and tokens != found:
+            from medssl.errors import InputError
+
+            raise InputError(weights, f"a {found}-token encoder, but tokens={tokens!r} was asked for")
+        tokens = found
+    tokens = tokens or "lead"
+    _lead_tokens(tokens)
+    row_init = init + ("_mixed" if tokens == "mixed" else "")
     out = Path(output_dir)
     results = Path(results_json) if results_json else bundle_root() / "docs" / "results.json"
     summary: dict[str, Any] = {}
@@ -885,8 +1012,12 @@ def finetune_workflow(
         split_file = out / f"split_f{label_fraction}_seed{seed}.json"
         save_split(split_file, split)
         train, val = [by_name[i] for i in split.train], [by_name[i] for i in split.val]
-        dl = train_delineation(train, weights, out / "delineation", max_steps=max_steps, seed=seed, device=device)
-        clf = train_diagnosis(train, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device)
+        dl = train_delineation(
+            train, weights, out / "delineation", max_steps=max_steps, seed=seed, device=device, tokens=tokens
+        )
+        clf = train_diagnosis(
+            train, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device, tokens=tokens
+        )
         y = np.stack([r.diagnosis for r in test])
         summary = {**score_records(dl, test), "macro_auroc": macro_auroc(diagnosis_scores(clf, test), y)}
         for k, v in summary.items():
@@ -898,7 +1029,7 @@ def finetune_workflow(
                         "task": task,
                         "label_fraction": label_fraction,
                         "seed": seed,
-                        "init": init,
+                        "init": row_init,
                         "metric": k,
                         "value": float(v),
                         "split_file": str(split_file),
@@ -910,7 +1041,9 @@ def finetune_workflow(
         items = cinc_items(root) if (root / "labels.csv").is_file() else []
         if not items:
             raise ValueError(f"{root}: neither LUDB (ludb/data) nor CinC records with labels.csv")
-        clf = train_diagnosis(items, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device)
+        clf = train_diagnosis(
+            items, weights, out / "diagnosis", max_steps=max_steps, seed=seed, device=device, tokens=tokens
+        )
         dl = None
         thr = np.full(len(DIAGNOSES), 0.5)
     paths = save_models(
@@ -919,5 +1052,6 @@ def finetune_workflow(
         dl,
         list(np.atleast_1d(thr)),
         info={"label_fraction": label_fraction, "seed": seed, "init": init},
+        tokens=tokens,
     )
     return {"summary": summary, "models": [str(p) for p in paths]}

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=["lead", "mixed"],
         default="lead",
         help="MAE tokens: one per lead and patch (ST-MEM, the default) or one per patch of all 12 leads "
-        "('mixed'; its rows are named pretrained_mixed / scratch_mixed; not with mitbih; writes no models/)",
+        "('mixed'; its rows are named pretrained_mixed / scratch_mixed; not with mitbih; the models/ it "
+        "writes record tokens='mixed' in model_config.json)",
     )
     ap.add_argument(
         "--evaluate",
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         print("experiment: --tokens mixed does not work with the mitbih task (it passes two leads' tokens)",
               file=sys.stderr)
         return 2
-    if args.tokens == "mixed":
-        args.no_models = True  # the shipped inference uses the lead-wise encoder
     # budget: minutes -> steps (CPU, 1 thread: ~0.5 s per pretraining step, ~1.2 s per fine-tuning step)
     if args.quick:
         seeds, fractions, pre_steps, ft_steps = [0], args.fractions or [2.0, 1.0], 20, 6
@@ -314,20 +313,23 @@ def main(argv: list[str] | None = None) -> int:
         train = [by_name[i] for i in split.train]
         val = [by_name[i] for i in split.val]
         dl = eb.train_delineation(
-            train, enc_path, work / "final_delin", max_steps=final_steps, seed=seeds[0], device=args.device
+            train, enc_path, work / "final_delin", max_steps=final_steps, seed=seeds[0], device=args.device,
+            tokens=args.tokens,
         )
         clf = eb.train_diagnosis(
-            train, enc_path, work / "final_diag", max_steps=final_steps, seed=seeds[0], device=args.device
+            train, enc_path, work / "final_diag", max_steps=final_steps, seed=seeds[0], device=args.device,
+            tokens=args.tokens,
         )
+        final_init = "pretrained" + ("_mixed" if args.tokens == "mixed" else "")
         s = eb.score_records(dl, test)
         for k, v in s.items():
-            row("ludb_delineation", 1.0, seeds[0], "pretrained", k, v, sf)
+            row("ludb_delineation", 1.0, seeds[0], final_init, k, v, sf)
         y = np.stack([r.diagnosis for r in test])
         row(
             "ludb_diagnosis_finetune",
             1.0,
             seeds[0],
-            "pretrained",
+            final_init,
             "macro_auroc",
             macro_auroc(eb.diagnosis_scores(clf, test), y),
             sf,
@@ -341,15 +343,35 @@ def main(argv: list[str] | None = None) -> int:
         )
     # 3. models and table
     if downstream and not args.no_models and final and enc_path is not None:
-        enc = eb.build_encoder()
+        enc = eb.build_encoder(channel_tokens=args.tokens == "lead")
         eb.load_encoder_weights(enc, enc_path)
+        # the MAE decoder, so that inference can draw the masked reconstruction: from this run's pretraining,
+        # or from the pretraining checkpoint given as --encoder or kept beside the given encoder.pt
+        decoder = None
+        if hist is not None:
+            decoder = hist["method"].decoder
+        else:
+            for ckpt in (Path(enc_path), Path(enc_path).parent / "checkpoints" / "last.pt"):
+                if ckpt.is_file() and (decoder := eb.mae_decoder_from_checkpoint(ckpt, enc)) is not None:
+                    print(f"[study] MAE decoder from {ckpt}")
+                    break
         info = {
             "trained_on": f"LUDB {final['n_train']} records ({final['tag']}), seed {seeds[0]}",
-            "pretrain_steps": pre_steps,
+            # with --encoder the pretraining ran elsewhere: record the --pretrain-steps given, if any
+            "pretrain_steps": pre_steps if hist is not None else args.pretrain_steps,
             "finetune_steps": final_steps,
             "quick": bool(args.quick),
         }
-        paths = eb.save_models(args.models, final["clf"], final["dl"], list(np.atleast_1d(final["thr"])), enc, info)
+        paths = eb.save_models(
+            args.models,
+            final["clf"],
+            final["dl"],
+            list(np.atleast_1d(final["thr"])),
+            enc,
+            info,
+            tokens=args.tokens,
+            mae_decoder=decoder,
+        )
         size = sum(p.stat().st_size for p in paths)
         print(f"[study] models: {', '.join(p.name for p in paths)} ({size / 1e6:.1f} MB)")
     readme = BUNDLE / "docs" / "README.md"

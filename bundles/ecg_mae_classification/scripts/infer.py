@@ -2,8 +2,9 @@
 
 Per input (WFDB ``.hea``, DICOM ECG, CSV or ``.npy`` with ``csv_fs``): one row of ``predictions.csv``
 (probability and thresholded label per class), ``<record>_waves.csv`` (``lead,wave,onset,peak,offset`` in
-samples at the record's own rate) and ``<record>.png`` (the 12 leads with the delineated waves shaded).
-Bad inputs get one line on stderr naming the file; the others are still processed.
+samples at the record's own rate) and ``<record>.png`` (the 12 leads with the delineated waves shaded); with
+``reconstruction=True`` also ``<record>_reconstruction.png`` (75 % of the first 9 s hidden and filled in by
+the pretrained MAE). Bad inputs get one line on stderr naming the file; the others are still processed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medssl.eval.delineation import Wave  # noqa: E402
-from scripts.ecg_bundle import FS, classify, delineate, load_ecg, load_models  # noqa: E402
+from scripts.ecg_bundle import (  # noqa: E402
+    FS,
+    classify,
+    delineate,
+    load_ecg,
+    load_mae,
+    load_models,
+    masked_reconstruction,
+)
 
-__all__ = ["plot_record", "run_inference"]
+__all__ = ["plot_reconstruction", "plot_record", "run_inference"]
 
 _WAVE_COLOURS = {"P": "#2ca02c", "QRS": "#d62728", "T": "#1f77b4"}
 
@@ -55,6 +64,39 @@ def plot_record(path: str | os.PathLike[str], x: np.ndarray, waves: Sequence[Seq
     return out
 
 
+def plot_reconstruction(
+    path: str | os.PathLike[str], x: np.ndarray, rec: np.ndarray, hidden: np.ndarray, title: str
+) -> Path:
+    """Save the 12 leads of the first 9 s (black), the hidden spans shaded and the MAE's fill-in in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medssl.transforms.ecg import STANDARD_LEADS
+
+    n = rec.shape[1]
+    t = np.arange(n) / FS
+    fig, axes = plt.subplots(12, 1, figsize=(12, 14), sharex=True)
+    for li, ax in enumerate(axes):
+        ax.plot(t, x[li, :n], lw=0.6, color="k")
+        ax.plot(t, np.where(hidden[li], rec[li], np.nan), lw=0.8, color="#d62728")
+        edges = np.flatnonzero(np.diff(np.r_[0, hidden[li].astype(int), 0]))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            ax.axvspan(a / FS, b / FS, color="grey", alpha=0.15, lw=0)
+        ax.set_ylabel(STANDARD_LEADS[li], rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_yticks([])
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
 def run_inference(
     inputs: Sequence[str | os.PathLike[str]] | str,
     output_dir: str | os.PathLike[str],
@@ -64,6 +106,7 @@ def run_inference(
     csv_fs: float | None = None,
     plot: bool = True,
     exit_on_error: bool = False,
+    reconstruction: bool = False,
 ) -> dict[str, Any]:
     """Classify (and delineate) every input; write ``predictions.csv``, ``<record>_waves.csv`` and PNGs.
 
@@ -77,6 +120,9 @@ def run_inference(
         csv_fs: sampling rate of CSV/NumPy inputs (Hz).
         plot: write the PNG per record.
         exit_on_error: raise ``SystemExit(2)`` at the end if any input failed (the CLI convention).
+        reconstruction: also write ``<record>_reconstruction.png``: 75 % of the tokens of the first 9 s
+            hidden (a fixed mask) and filled in by the pretrained MAE (``models/mae_decoder.pt``); each
+            hidden patch is mapped back with its true mean and spread, so the picture shows predicted shape.
 
     Returns:
         ``{"predictions": path, "records": [...], "failed": {path: reason}}``.
@@ -89,6 +135,9 @@ def run_inference(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clf, dl, cfg = load_models(model_dir)
+    mae = load_mae(model_dir) if reconstruction else None
+    if reconstruction and mae is None:
+        print(f"{model_dir}: no mae_decoder.pt, so no masked reconstruction is drawn", file=sys.stderr)
     classes = list(cfg["classes"])
     thr = [float(threshold)] * len(classes) if threshold is not None else list(cfg["thresholds"])
     rows, failed, done = [], {}, []
@@ -125,6 +174,15 @@ def run_inference(
         if plot:
             title = item.name + "  " + "  ".join(f"{c} {row[f'prob_{c}']:.2f}" for c in classes)
             plot_record(out / f"{item.name}.png", item.x, waves250, title)
+        if mae is not None:
+            rec, hidden = masked_reconstruction(*mae, item.x, norm_pix=cfg.get("mae", {}).get("norm_pix", True))
+            plot_reconstruction(
+                out / f"{item.name}_reconstruction.png",
+                item.x,
+                rec,
+                hidden,
+                f"{item.name}: 75 % of the 0.3 s patches hidden (grey) and predicted by the MAE (red)",
+            )
         done.append(item.name)
     header = ["record", "source", *(f"prob_{c}" for c in classes), *(f"label_{c}" for c in classes)]
     pred_path = write_csv(out / "predictions.csv", rows, header=header)
