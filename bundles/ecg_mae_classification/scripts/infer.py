@@ -36,6 +36,21 @@ __all__ = ["plot_reconstruction", "plot_record", "run_inference"]
 _WAVE_COLOURS = {"P": "#2ca02c", "QRS": "#d62728", "T": "#1f77b4"}
 
 
+def _finish(fig: Any, axes: Any, title: str, path: str | os.PathLike[str]) -> Path:
+    """Label the time axis, title the figure and save it atomically (temporary file, then rename)."""
+    import matplotlib.pyplot as plt
+
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
 def plot_record(path: str | os.PathLike[str], x: np.ndarray, waves: Sequence[Sequence[Any]] | None, title: str) -> Path:
     """Save a 12-lead plot of a prepared record (250 Hz) with the waves (given at 250 Hz) shaded."""
     import matplotlib
@@ -53,15 +68,7 @@ def plot_record(path: str | os.PathLike[str], x: np.ndarray, waves: Sequence[Seq
         ax.set_yticks([])
         for w in waves[li] if waves else []:
             ax.axvspan(w.onset / FS, (w.offset + 1) / FS, color=_WAVE_COLOURS.get(w.wave, "grey"), alpha=0.25, lw=0)
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=70)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return _finish(fig, axes, title, path)
 
 
 def plot_reconstruction(
@@ -86,15 +93,7 @@ def plot_reconstruction(
             ax.axvspan(a / FS, b / FS, color="grey", alpha=0.15, lw=0)
         ax.set_ylabel(STANDARD_LEADS[li], rotation=0, ha="right", va="center", fontsize=8)
         ax.set_yticks([])
-    axes[-1].set_xlabel("time (s)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=70)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return _finish(fig, axes, title, path)
 
 
 def run_inference(
