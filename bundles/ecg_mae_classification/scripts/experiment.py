@@ -401,6 +401,27 @@ def evaluate_models(model_dir: Path, root: Path, results: Path, command: str) ->
     if dl is not None:
         for k, v in eb.score_records(dl, test).items():
             scores["ludb_delineation", k] = v
+    # external test: the CinC 2021 records (pretraining saw them unlabelled; no label of theirs was ever used).
+    # Only sinus rhythm has positives there (NSR; left axis deviation has none); the hand-feature reference is
+    # trained on the shipped models' LUDB training records.
+    cinc_labels = root / "cinc2021_12lead" / "labels.csv"
+    if cinc_labels.is_file():
+        from medssl.eval.metrics import macro_auroc
+        from medssl.eval.splits import load_split
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unusable records are skipped by name at load time
+            cinc = eb.cinc_items(cinc_labels.parent)
+        si = eb.DIAGNOSES.index("sinus_rhythm")
+        y_ext = np.array([r.diagnosis[si] for r in cinc])
+        split = load_split(BUNDLE / "docs" / "splits" / "ludb_f1.0_seed0.json")
+        by_name = {r.name: r for r in eb.ludb_items(root, split.train)}
+        ref = eb.feature_baseline([by_name[i] for i in split.train], cinc)
+        ext = "cinc2021_external_sinus_rhythm"
+        scores[ext, "auroc_sinus_rhythm"] = macro_auroc(eb.diagnosis_scores(clf, cinc)[:, [si]], y_ext[:, None])
+        scores[ext, "auroc_sinus_rhythm_hand_features"] = macro_auroc(ref[:, [si]], y_ext[:, None])
+        scores[ext, "n_records"] = float(len(cinc))
+        scores[ext, "n_positive"] = float(y_ext.sum())
     for (task, metric), value in scores.items():
         if np.isfinite(value):
             append_result(
@@ -418,7 +439,7 @@ def evaluate_models(model_dir: Path, root: Path, results: Path, command: str) ->
                 },
             )
     print(json.dumps({f"{t}/{m}": round(float(v), 4) for (t, m), v in scores.items() if m in (
-        "macro_auroc", "mean_f1", "mean_abs_error_ms")}))
+        "macro_auroc", "mean_f1", "mean_abs_error_ms") or t.startswith("cinc")}))
     return 0
 
 
