@@ -518,9 +518,7 @@ def load_mae(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module] |
 def mae_decoder_from_checkpoint(path: str | os.PathLike[str], encoder: nn.Module) -> nn.Module | None:
     """The MAE decoder in a pretraining checkpoint (``checkpoints/last.pt``); ``None`` if it holds none."""
     sd = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if "method" not in sd:
-        return None
-    dec = {k[len("decoder.") :]: v for k, v in sd["method"].items() if k.startswith("decoder.")}
+    dec = _method_part(sd["method"], "decoder.") if "method" in sd else {}
     if not dec:
         return None
     decoder = build_mae_decoder(encoder)
@@ -692,11 +690,14 @@ def _lead_tokens(tokens: str) -> bool:
     return tokens == "lead"
 
 
+def _method_part(method_state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The ``prefix`` (``"encoder."``, ``"decoder."``) part of a trainer checkpoint's ``method`` state dict."""
+    return {k[len(prefix) :]: v for k, v in method_state.items() if k.startswith(prefix)}
+
+
 def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    if "method" in sd:  # a medssl trainer checkpoint
-        sd = {k[len("encoder.") :]: v for k, v in sd["method"].items() if k.startswith("encoder.")}
-    return sd
+    return _method_part(sd["method"], "encoder.") if "method" in sd else sd  # a medssl trainer checkpoint
 
 
 def encoder_tokens(path: str | os.PathLike[str]) -> str:
