@@ -151,6 +151,11 @@ def test_pretraining_with_mixed_tokens(tmp_path: Path) -> None:
     lead_file = tmp_path / "lead.pt"
     torch.save(eb.build_encoder().state_dict(), lead_file)
     assert eb.encoder_tokens(hist["encoder"]) == "mixed" and eb.encoder_tokens(lead_file) == "lead"
+    # the MAE decoder is recovered from the trainer checkpoint (what experiment.py ships for --reconstruction)
+    dec = eb.mae_decoder_from_checkpoint(hist["checkpoint"], enc)
+    for k, v in hist["method"].decoder.state_dict().items():
+        torch.testing.assert_close(dec.state_dict()[k], v.cpu())
+    assert eb.mae_decoder_from_checkpoint(hist["encoder"], enc) is None  # a plain encoder state dict
     clf = eb.build_classifier(eb.build_encoder(channel_tokens=False))
     eb.save_models(tmp_path / "models", clf, net, [0.5] * len(eb.DIAGNOSES), tokens="mixed")
     clf2, dl2, cfg = eb.load_models(tmp_path / "models")
