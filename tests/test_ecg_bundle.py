@@ -261,6 +261,13 @@ def test_masked_reconstruction_picture(tmp_path: Path, tokens: str, capsys: pyte
                         reconstruction=True)
     assert out["records"] == ["waveform_ecg"]
     assert (tmp_path / "out" / "waveform_ecg_reconstruction.png").stat().st_size > 1000
+    # a corrupt decoder file is named in a one-line error (the CLI turns it into exit code 2)
+    from medssl.errors import CheckpointError
+
+    good = (tmp_path / "m" / "mae_decoder.pt").read_bytes()
+    (tmp_path / "m" / "mae_decoder.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="mae_decoder.pt"):
+        eb.load_mae(tmp_path / "m")
     # a models/ folder without the decoder says so and still writes the rest
     (tmp_path / "m" / "mae_decoder.pt").unlink()
     run_inference([str(ecg_dicom())], tmp_path / "out2", tmp_path / "m", delineation=False, reconstruction=True)

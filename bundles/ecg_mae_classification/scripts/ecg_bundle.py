@@ -517,12 +517,18 @@ def load_mae(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module] |
 
 def mae_decoder_from_checkpoint(path: str | os.PathLike[str], encoder: nn.Module) -> nn.Module | None:
     """The MAE decoder in a pretraining checkpoint (``checkpoints/last.pt``); ``None`` if it holds none."""
-    sd = torch.load(Path(path), map_location="cpu", weights_only=True)
+    sd = _torch_state(path)
     dec = _method_part(sd["method"], "decoder.") if "method" in sd else {}
     if not dec:
         return None
     decoder = build_mae_decoder(encoder)
-    decoder.load_state_dict(dec, strict=True)
+    try:
+        decoder.load_state_dict(dec, strict=True)
+    except RuntimeError as exc:
+        from medssl.errors import CheckpointError
+
+        reason = str(exc).splitlines()[0][:200]
+        raise CheckpointError(path, f"its MAE decoder does not fit this encoder ({reason})") from None
     return decoder
 
 
@@ -646,10 +652,32 @@ def save_models(
     return out
 
 
+def _torch_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a weights file; a missing or unreadable one is a ``CheckpointError``."""
+    from medssl.errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(p, "weights file not found")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(p, f"cannot be loaded ({type(exc).__name__}: {first[:200]})") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(p, f"not a state dict (holds a {type(sd).__name__})")
+    return sd
+
+
 def _load_state(m: nn.Module, path: Path) -> None:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from medssl.errors import CheckpointError
+
+    sd = _torch_state(path)
     ref = m.state_dict()
-    m.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in sd.items()})
+    try:
+        m.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in sd.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(path, f"does not fit this network ({str(exc).splitlines()[0][:200]})") from None
 
 
 def load_models(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
@@ -696,7 +724,7 @@ def _method_part(method_state: dict[str, torch.Tensor], prefix: str) -> dict[str
 
 
 def _encoder_state(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = _torch_state(path)
     return _method_part(sd["method"], "encoder.") if "method" in sd else sd  # a medssl trainer checkpoint
 
 
