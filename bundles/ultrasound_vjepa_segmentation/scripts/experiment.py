@@ -58,6 +58,7 @@ HC18_SPLIT_REF = "docs/splits/hc18_split.json"
 HC18_MIN_TEST, HC18_MIN_VAL, HC18_SMALL = 15, 5, (2, 4, 8)
 INITS = (*FROZEN, "scratch", "unet_supervised")
 MODELS_LIMIT = 25 * 1024 * 1024
+SHIPPED = BUNDLE / "docs" / "shipped_model.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the init names in the result rows (ablations, e.g. "
                    "_lr1.5e-4 for a second pretraining in another --out); a tagged run never writes models/")
     p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    p.add_argument("--write-models", action="store_true",
+                   help="sweep (carotid, full data, no --tag): the sweep encoder and its segmenter trained on all "
+                        "training recordings (first seed) become the bundle's models/")
     return p.parse_args(argv)
 
 
@@ -145,16 +149,24 @@ def stage_diagnose(data: str, out: Path) -> None:
 
 
 def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, results_json: Path,
-                command: str, dispersive_weight: float = 0.0, tag: str = "") -> list[dict[str, Any]]:
+                command: str, dispersive_weight: float = 0.0, tag: str = "", task: str = "carotid",
+                write_models: bool = False) -> list[dict[str, Any]]:
     """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes.
 
     ``tag`` is appended to the init name of the rows (``vjepa_loc<w>_disp<d><tag>``), e.g. for the same
-    weights with more pretraining steps in another ``--out``.
+    weights with more pretraining steps in another ``--out``. ``task="hc18"``: the frozen fine-tunes are the
+    HC18 grid (the pretraining must exist). ``write_models`` (carotid): the segmenter trained on every training
+    recording with the first seed, and this sweep's encoder, become the bundle's ``models/``.
     """
     from medssl.eval.results import append_result
 
     name = f"loc{loc_weight:g}" + (f"_disp{dispersive_weight:g}" if dispersive_weight else "")
     enc = out / f"pretrain_{name}" / "encoder.pt"
+    if task == "hc18":
+        if not enc.is_file():
+            raise SystemExit(f"{enc}: no such pretraining (run --stage sweep on the carotid task first)")
+        return stage_finetune_hc18(data, out, {**s, "inits": [f"vjepa_{name}{tag}"]}, results_json, command,
+                                   encoders={f"vjepa_{name}{tag}": enc})
     if not enc.is_file():
         t0 = time.time()
         hist = us.pretrain(data, enc.parent, loc_weight=loc_weight, max_steps=s["pretrain_steps"],
@@ -173,9 +185,13 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
     for n in s["labels"]:
         for seed in s["seeds"]:
             chosen = us.choose_recordings(pool, n, seed)
+            save = (out / "models" / f"vjepa_{name}{tag}_n{n}_s{seed}.pt"
+                    if write_models and n == len(pool) and seed == s["seeds"][0] else None)
             res = us.finetune_and_test(frames, test, chosen, "pretrained", seed, state, feats,
                                        max_steps=s["finetune_steps"], batch_size=s["finetune_batch"],
-                                       eval_every=s["eval_every"])
+                                       eval_every=s["eval_every"], save_model=save)
+            if save is not None:
+                _publish_models(save, enc, f"vjepa_{name}{tag}")
             split_file = us.save_split(res, out / "splits")
             if results_json.parent == BUNDLE / "docs":
                 split_file = us.save_split(res, BUNDLE / "docs" / "splits", "docs/splits/")
@@ -226,13 +242,19 @@ def stage_finetune(data: str, out: Path, s: dict[str, Any], results_json: Path, 
                       "dice": round(res["dice"], 4), "threshold": res["threshold"], "val_dice": res["val_dice"],
                       "best_step": res["best_step"], "seconds": res["seconds"]})
                 if save is not None and write_models:
-                    _copy_atomic(save, BUNDLE / "models" / "model.pt")
-                    _copy_atomic(save.with_suffix(".json"), BUNDLE / "models" / "model.json")
-                    encoder = out / "pretrain" / "encoder.pt"
-                    _copy_atomic(encoder, BUNDLE / "models" / "pretrained_encoder.pt")
-                    _copy_atomic(encoder.with_suffix(".json"),
-                                 BUNDLE / "models" / "pretrained_encoder.json")
+                    _publish_models(save, out / "pretrain" / "encoder.pt", init)
     return rows
+
+
+def _publish_models(model: Path, encoder: Path, init: str) -> None:
+    """Copy a segmenter (``model`` + its ``.json``, which gets ``init``) and its encoder into the bundle's models/."""
+    from medssl.ssl.checkpoint import atomic_write_json
+
+    _copy_atomic(model, BUNDLE / "models" / "model.pt")
+    info = json.loads(model.with_suffix(".json").read_text())
+    atomic_write_json(BUNDLE / "models" / "model.json", {**info, "init": init})
+    _copy_atomic(encoder, BUNDLE / "models" / "pretrained_encoder.pt")
+    _copy_atomic(encoder.with_suffix(".json"), BUNDLE / "models" / "pretrained_encoder.json")
 
 
 # ----------------------------------------------------------------------------------------------- HC18
@@ -325,8 +347,11 @@ def hc18_labelled(split: dict[str, Any], n: int, seed: int) -> list[str]:
 
 
 def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: Path, command: str,
-                        tag: str = "") -> list[dict[str, Any]]:
-    """The HC18 fetal-head grid: every init x labelled images x seed, same recipe as the carotid task."""
+                        tag: str = "", encoders: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+    """The HC18 fetal-head grid: every init x labelled images x seed, same recipe as the carotid task.
+
+    ``encoders``: ``{init name: encoder.pt}`` of further frozen inits (the sweep's encoders).
+    """
     from medssl.eval.results import append_result
 
     split = hc18_split(data, out)
@@ -335,6 +360,9 @@ def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: P
     frames = {name: us.prepare_frames([pairs[name]], keep_full=name in test) for name in [*test, *val, *pool]}
     _log({"task": HC18_TASK, "test": len(test), "val": len(val), "pool": len(pool)})
     feats = _frozen_features(out, s["inits"], frames)
+    for init, path in (encoders or {}).items():
+        state = us.load_state(path)
+        feats[init] = (state, us.add_features(frames, state, seed=0))
     for init, (_, init_feats) in feats.items():
         tokens = torch.cat([init_feats[r]["tokens"] for r in pool])
         _log({"encoder": init, "effective_rank_hc18_pool": round(us.effective_rank(tokens), 2)})
@@ -345,7 +373,8 @@ def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: P
             chosen = hc18_labelled(split, n, seed)
             for init in s["inits"]:
                 state, f = feats.get(init, (None, None))
-                res = us.finetune_and_test(frames, test, chosen, init, seed, state, f, max_steps=s["finetune_steps"],
+                method = "pretrained" if init in (encoders or {}) else init  # a sweep encoder is frozen too
+                res = us.finetune_and_test(frames, test, chosen, method, seed, state, f, max_steps=s["finetune_steps"],
                                            batch_size=s["finetune_batch"], eval_every=s["eval_every"], val=val)
                 row = {**us.result_row(res, init + tag, seed, len(pool), command, split_ref), "task": HC18_TASK}
                 append_result(results_json, row)
@@ -425,12 +454,23 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage in ("all", "finetune"):
         stage_finetune(data, out, s, results_json, command, full and not args.no_models and not args.tag, args.tag)
     if args.stage == "evaluate":  # the shipped checkpoint through the inference path, on the test recordings
-        _log(us.evaluate_model(BUNDLE / "models" / "model.pt", data))
+        res = us.evaluate_model(BUNDLE / "models" / "model.pt", data)
+        if full:  # the figures docs/README.md quotes and tests/test_us_bundle.py re-checks
+            from medssl.ssl.checkpoint import atomic_write_json
+
+            info = json.loads((BUNDLE / "models" / "model.json").read_text())
+            atomic_write_json(SHIPPED, {**res, "model": "models/model.pt", "init": info.get("init"),
+                                        "command": command})
+        _log(res)
         return 0
     if args.stage == "diagnose":
         stage_diagnose(data, out)
     if args.stage == "sweep":
-        stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight, args.tag)
+        if args.task == "hc18":
+            full = full and len(hc18_pairs(data)) == 50
+            results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
+        stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight, args.tag,
+                    task=args.task, write_models=args.write_models and full and not args.tag)
     if full:
         print(render(results_json))
         size = sum(p.stat().st_size for p in (BUNDLE / "models").glob("*") if p.is_file())
