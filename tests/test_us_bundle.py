@@ -231,6 +231,34 @@ def test_shipped_models_fit_the_limit_and_load_weights_only():
     assert 0 < json.loads((models / "model.json").read_text())["threshold"] < 1
 
 
+def test_shipped_model_reproduces_the_docs_dice_on_the_test_recordings(shared_data, tmp_path):
+    """``medssl infer`` on every frame of the 3 test recordings gives the Dice that docs/shipped_model.json states."""
+    import subprocess
+    import sys
+
+    from medssl.eval.metrics import dice
+    from medssl.io import load
+
+    if not (BUNDLE / "models" / "model.pt").is_file():
+        pytest.skip("models/model.pt is absent: the bundle's study has not been run yet")
+    expected = json.loads((BUNDLE / "docs" / "shipped_model.json").read_text())
+    base = shared_data / "ultrasound" / "ccaui_carotid"
+    recordings = sorted(p for p in base.iterdir() if (p / "images").is_dir())
+    assert len(recordings) == 12
+    scores = []
+    for rec in recordings[-3:]:  # the fixed test recordings: the last 3 in sorted order
+        frames = sorted((rec / "images").glob("*.png"))
+        res = subprocess.run([sys.executable, "-m", "medssl", "infer", NAME, *map(str, frames), "--out",
+                              str(tmp_path / rec.name), "--device", "cpu"], capture_output=True, text=True,
+                             timeout=900)
+        assert res.returncode == 0, res.stderr[-2000:]
+        for f in frames:
+            pred = load(tmp_path / rec.name / f"{f.stem}_seg.png").array > 0
+            scores.append(dice(pred, load(rec / "masks" / f.name).array > 0))
+    assert len(scores) == expected["n_test_frames"]
+    assert float(np.mean(scores)) == pytest.approx(expected["dice_test"], abs=0.005)
+
+
 # ----------------------------------------------------------------------------------------------- HC18 split
 
 
