@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flip-tta", action="store_true",
                    help="segmentation bundles: skip the flip averaging the model was selected with (4x faster, "
                         "usually a little less accurate)")
+    p.add_argument("--no-largest-component", action="store_true",
+                   help="segmentation bundles whose model keeps only the largest region per frame (models/model.json "
+                        "largest_component): keep every region")
     p.add_argument("--reconstruction", action="store_true",
                    help="masked-autoencoder bundles: also draw <record>_reconstruction.png (75 %% of the signal "
                         "hidden and filled in by the pretrained MAE)")
@@ -178,6 +181,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     }
     if args.no_flip_tta:  # only segmentation bundles read it (unset = what models/model.json says)
         overrides["flip_tta"] = False
+    if args.no_largest_component:  # only segmentation bundles read it (unset = what models/model.json says)
+        overrides["largest_component"] = False
     if args.reconstruction:  # only bundles with an MAE decoder in models/ read it
         overrides["reconstruction"] = True
     if args.simulate_blades is not None:  # only bundles that simulate k-space read these (unset = their default)

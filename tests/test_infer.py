@@ -154,6 +154,56 @@ def test_threshold_and_checkpoint_errors(net, tmp_path):
     assert not SegmentationInference(net, ["x.png"], tmp_path, model_info=info, flip_tta=False).resolved_flip_tta()
 
 
+def _two_blobs() -> np.ndarray:
+    """A 64x64 mask with a 10x10 and a 4x4 square, and a single pixel touching the big one only diagonally."""
+    m = np.zeros((64, 64), bool)
+    m[5:15, 5:15] = True
+    m[40:44, 40:44] = True
+    m[15, 15] = True  # diagonal neighbour of the big square: the same region under full connectivity
+    return m
+
+
+def test_keep_largest_component_per_frame():
+    from medssl.infer import keep_largest_component
+
+    m = _two_blobs()
+    kept = keep_largest_component(np.stack([m, m[::-1, ::-1], np.zeros_like(m)]))
+    assert kept.shape == (3, 64, 64) and kept.dtype == bool
+    assert kept[0].sum() == 101 and not kept[0, 40:44, 40:44].any() and kept[0, 15, 15]
+    np.testing.assert_array_equal(kept[1], kept[0][::-1, ::-1])  # each frame on its own
+    assert not kept[2].any()
+    np.testing.assert_array_equal(keep_largest_component(m), kept[0])  # a single [H, W] frame
+
+
+class _Fixed(torch.nn.Module):
+    """Logits +10 on :func:`_two_blobs`, -10 elsewhere, whatever the input (64x64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.from_numpy(np.where(_two_blobs(), 10.0, -10.0).astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], 1, 64, 64)
+
+
+def test_largest_component_comes_from_the_model_info_and_can_be_turned_off(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "frame.png"
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(png)
+    info = tmp_path / "model.json"
+    info.write_text('{"threshold": 0.5, "largest_component": true}')
+    runs = {"on": None, "off": False}
+    for name, flag in runs.items():
+        summary = SegmentationInference(_Fixed(), [png], tmp_path / name, model_info=info, roi_size=(64, 64),
+                                        device="cpu", largest_component=flag).run()
+        assert summary["largest_component"] is (flag is None)
+    on = load(tmp_path / "on" / "frame_seg.png").array > 0
+    off = load(tmp_path / "off" / "frame_seg.png").array > 0
+    assert on.sum() == 101 and off.sum() == 117
+    assert not on[40:44, 40:44].any() and off[40:44, 40:44].all()
+
+
 def test_load_frames_layouts():
     assert load_frames(samples.echo_cine()).frames.shape == (40, 480, 640)  # RGB cine -> grey frames
     assert load_frames(samples.nifti_anatomical()).frames.shape == (25, 41, 33)  # (z, y, x)

@@ -6,6 +6,7 @@ See :mod:`medssl.infer.segmentation` for the 2-D / cine segmentation path used b
 from medssl.infer.segmentation import (
     Frames,
     SegmentationInference,
+    keep_largest_component,
     load_frames,
     output_stem,
     overlay,
@@ -17,6 +18,7 @@ from medssl.infer.segmentation import (
 __all__ = [
     "Frames",
     "SegmentationInference",
+    "keep_largest_component",
     "load_frames",
     "output_stem",
     "overlay",

@@ -37,6 +37,7 @@ from medssl.errors import InputError, MedsslError
 
 __all__ = [
     "Frames",
+    "keep_largest_component",
     "load_frames",
     "zscore",
     "sliding_window_probabilities",
@@ -190,6 +191,24 @@ def sliding_window_probabilities(
     return torch.stack(out).numpy()
 
 
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest connected foreground region of each frame of a ``[T, H, W]`` (or ``[H, W]``) mask.
+
+    MONAI's ``KeepLargestConnectedComponent`` (full 2-D connectivity) frame by frame: for single-object tasks
+    (a carotid lumen per transverse frame), where a second region is always a false positive. Empty frames stay
+    empty.
+    """
+    from monai.transforms import KeepLargestConnectedComponent
+
+    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, connectivity=None)
+    frames = np.asarray(mask).astype(bool)
+    single = frames.ndim == 2
+    frames = frames[None] if single else frames
+    out = np.stack([np.asarray(keep(torch.from_numpy(f[None].astype(np.uint8))))[0] > 0 if f.any() else f
+                    for f in frames])
+    return out[0] if single else out
+
+
 def overlay(
     image: np.ndarray, mask: np.ndarray, colour: Sequence[int] = (255, 40, 40), alpha: float = 0.5
 ) -> np.ndarray:
@@ -311,6 +330,8 @@ class SegmentationInference:
         segment_label: label of the segment in the DICOM SEG.
         flip_tta: average the probabilities over the four flips; ``None`` reads ``flip_tta`` from
             ``model_info`` (else off).
+        largest_component: keep only the largest region of each frame (:func:`keep_largest_component`);
+            ``None`` reads ``largest_component`` from ``model_info`` (else off).
         report: called with one line per bad input (default: print to stderr).
 
     Examples::
@@ -334,6 +355,7 @@ class SegmentationInference:
         segment_label: str = "vessel",
         report: Callable[[str], None] | None = None,
         flip_tta: bool | None = None,
+        largest_component: bool | None = None,
     ) -> None:
         self.network = network
         self.inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
@@ -351,6 +373,7 @@ class SegmentationInference:
         self.sw_batch_size = sw_batch_size
         self.segment_label = segment_label
         self.flip_tta = flip_tta
+        self.largest_component = largest_component
         self.report = report or (lambda line: print(" ".join(line.split()), file=sys.stderr, flush=True))
 
     def _model_info(self) -> dict[str, Any]:
@@ -380,6 +403,12 @@ class SegmentationInference:
             return bool(self.flip_tta)
         return bool(self._model_info().get("flip_tta", False))
 
+    def resolved_largest_component(self) -> bool:
+        """Largest-region post-processing: the argument, else the model's recorded ``largest_component``, else off."""
+        if self.largest_component is not None:
+            return bool(self.largest_component)
+        return bool(self._model_info().get("largest_component", False))
+
     def load_weights(self) -> None:
         """Load ``checkpoint`` into the network (a one-line :class:`InputError` when it does not fit)."""
         if self.checkpoint is None:
@@ -407,6 +436,8 @@ class SegmentationInference:
 
         probs = self.probabilities(frames, device)
         mask = probs >= threshold  # [T, H, W]
+        if self.resolved_largest_component():
+            mask = keep_largest_component(mask)
         stem = output_stem(frames.path)
         out: dict[str, Path] = {}
         if frames.kind == "image":
@@ -441,7 +472,8 @@ class SegmentationInference:
         """Segment every input; bad inputs are reported (one line each) and skipped.
 
         Returns:
-            ``{"outputs": {input: {kind: path}}, "failed": [line, ...], "threshold": t, "flip_tta": bool}``.
+            ``{"outputs": {input: {kind: path}}, "failed": [line, ...], "threshold": t, "flip_tta": bool,
+            "largest_component": bool}``.
         """
         from medssl.ssl.trainer import resolve_device
 
@@ -464,4 +496,5 @@ class SegmentationInference:
                 line = str(InputError(path, f"{type(exc).__name__}: {str(exc).strip()[:200]}"))
                 failed.append(line)
                 self.report(line)
-        return {"outputs": outputs, "failed": failed, "threshold": threshold, "flip_tta": self.resolved_flip_tta()}
+        return {"outputs": outputs, "failed": failed, "threshold": threshold, "flip_tta": self.resolved_flip_tta(),
+                "largest_component": self.resolved_largest_component()}
