@@ -738,6 +738,19 @@ def finetune_and_test(
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
+    largest = {"largest_component": False, "val_dice_largest_component": None}
+    if val_ids:  # one region per frame? chosen on the validation frames, like the threshold
+        from medssl.infer.segmentation import keep_largest_component
+
+        with torch.no_grad():
+            probs = torch.cat([torch.sigmoid(forward(torch.arange(i, min(i + 32, len(val_ids))), None, False))
+                               for i in range(0, len(val_ids), 32)])
+        raw = (probs[:, 0] >= best["threshold"]).numpy()
+        kept = keep_largest_component(raw)
+        y = va_msk[:, 0].bool().numpy()
+        d_raw = 2 * float((raw & y).sum()) / max(float(raw.sum() + y.sum()), 1.0)
+        d_kept = 2 * float((kept & y).sum()) / max(float(kept.sum() + y.sum()), 1.0)
+        largest = {"largest_component": d_kept > d_raw, "val_dice_largest_component": round(d_kept, 4)}
 
     dices: list[float] = []
     per_rec: dict[str, float] = {}
@@ -762,14 +775,16 @@ def finetune_and_test(
         "val_dice": None if best["dice"] < 0 else round(float(best["dice"]), 4), "best_step": int(best["step"]),
         "max_steps": int(max_steps), "n_recordings": len(chosen), "recordings": [r[-7:] for r in chosen],
         "n_train": len(train_ids), "n_val": len(val_ids), "n_test": len(dices), "prior": round(prior, 5),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(time.perf_counter() - t0, 1), **largest,
         "split": {"labelled_recordings": list(chosen), "train_frames": [f"{r}:{i}" for r, i in train_ids],
                   "val_frames": [f"{r}:{i}" for r, i in val_ids], "test_recordings": list(test), "seed": seed},
     }
     if save_model is not None:
         _save_state(save_model, model.state_dict(), half=True)
         atomic_write_json(Path(save_model).with_suffix(".json"), {
-            "threshold": result["threshold"], "init": init, "encoder": dict(cfg), "n_recordings": len(chosen),
+            "threshold": result["threshold"], "largest_component": result["largest_component"],
+            "val_dice": result["val_dice"], "val_dice_largest_component": result["val_dice_largest_component"],
+            "init": init, "encoder": dict(cfg), "n_recordings": len(chosen),
             "dice_test": result["dice"], "test_recordings": [r[-7:] for r in test],
         })
     return result
@@ -907,26 +922,33 @@ def evaluate_model(
     """Test Dice of a saved segmenter through the inference path (what ``medssl infer`` writes), per frame.
 
     Every frame of the test recordings is read from its PNG, sector-cropped, segmented and pasted back exactly
-    as :class:`USSegmentationInference` does; the threshold is the one in the model's JSON unless given.
+    as :class:`USSegmentationInference` does; the threshold (and ``largest_component``) are the ones in the
+    model's JSON unless given. ``dice_test_all_regions`` is the Dice without the largest-region step.
     """
-    from medssl.infer.segmentation import load_frames
+    from medssl.infer.segmentation import keep_largest_component, load_frames
 
     info = json.loads(Path(model).with_suffix(".json").read_text())
     net = build_segmenter(**info.get("encoder", {}))
     net.load_state_dict(load_state(model))
     t = float(threshold if threshold is not None else info["threshold"])
+    largest = bool(info.get("largest_component", False))
     recs = carotid_recordings(data)
     _, test = carotid_split(list(recs))
     per_rec: dict[str, float] = {}
     dices: list[float] = []
+    raw_dices: list[float] = []
     for r in test:
         d_rec = []
         for img, mask in recs[r]:
             probs = USSegmentationInference.probabilities(_Runner(net), load_frames(img), torch.device("cpu"))
-            d_rec.append(dice(probs[0] >= t, _read_grey(mask) > 0))
+            truth = _read_grey(mask) > 0
+            raw = probs[0] >= t
+            raw_dices.append(dice(raw, truth))
+            d_rec.append(dice(keep_largest_component(raw), truth) if largest else raw_dices[-1])
         per_rec[r[-7:]] = round(float(np.mean(d_rec)), 4)
         dices += d_rec
-    return {"model": os.fspath(model), "threshold": t, "dice_test": round(float(np.mean(dices)), 4),
+    return {"model": os.fspath(model), "threshold": t, "largest_component": largest,
+            "dice_test": round(float(np.mean(dices)), 4), "dice_test_all_regions": round(float(np.mean(raw_dices)), 4),
             "dice_per_recording": per_rec, "n_test_frames": len(dices)}
 
 
