@@ -8,8 +8,9 @@
    ``pretrained``, ``vjepa_noloc``, ``random_frozen`` (frozen encoders: the decoder is trained on tokens
    computed once per frame), ``scratch`` (the same ViT trained end to end) and ``unet_supervised`` (MONAI UNet),
    all with the same recipe and steps (scripts/us.py); test Dice on the 3 test recordings.
-3. Rows go to docs/results.json (full real data only), the table is rendered into docs/README.md, and the
-   ``pretrained`` encoder and its 9-recording segmenter (seed 0) are saved to models/ (state dicts, atomic).
+3. Rows go to docs/results.json (full real data only), the table is rendered into docs/README.md, and with
+   ``--write-models`` the ``pretrained`` encoder and its 9-recording segmenter (seed 0) are saved to models/
+   (state dicts, atomic). The shipped models/ come from ``--stage sweep --end-to-end --write-models`` (README).
 4. ``--task hc18``: the second downstream task, HC18 fetal-head segmentation (50 stills, each a 1-frame
    "recording"), from the same pretrained encoders and with the same inits and recipe. The split is fixed and
    stored in docs/splits/hc18_split.json (made once, by subject, from a fixed permutation): at least 15 test
@@ -87,10 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sweep: token-level dispersive loss weight (default 0: off), init vjepa_loc<w>_disp<d>")
     p.add_argument("--tag", default="", help="suffix of the init names in the result rows (ablations, e.g. "
                    "_lr1.5e-4 for a second pretraining in another --out); a tagged run never writes models/")
-    p.add_argument("--no-models", action="store_true", help="do not write the bundle's models/")
+    p.add_argument("--no-models", action="store_true",
+                   help="kept for old command lines: models/ is written only with --write-models")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="sweep: fine-tune the sweep encoder end to end with the scratch recipe instead of freezing "
+                        "it (rows vjepa_<...>_e2e)")
     p.add_argument("--write-models", action="store_true",
-                   help="sweep (carotid, full data, no --tag): the sweep encoder and its segmenter trained on all "
-                        "training recordings (first seed) become the bundle's models/")
+                   help="finetune / sweep (carotid, full data, no --tag): the encoder and its segmenter trained on "
+                        "all training recordings (first seed; the sweep's frozen, or end to end with --end-to-end; "
+                        "finetune: the pretrained init) become the bundle's models/")
     return p.parse_args(argv)
 
 
@@ -150,13 +156,15 @@ def stage_diagnose(data: str, out: Path) -> None:
 
 def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, results_json: Path,
                 command: str, dispersive_weight: float = 0.0, tag: str = "", task: str = "carotid",
-                write_models: bool = False) -> list[dict[str, Any]]:
+                write_models: bool = False, end_to_end: bool = False) -> list[dict[str, Any]]:
     """The localisation-weight sweep: one more pretraining and its frozen-decoder fine-tunes.
 
     ``tag`` is appended to the init name of the rows (``vjepa_loc<w>_disp<d><tag>``), e.g. for the same
     weights with more pretraining steps in another ``--out``. ``task="hc18"``: the frozen fine-tunes are the
     HC18 grid (the pretraining must exist). ``write_models`` (carotid): the segmenter trained on every training
-    recording with the first seed, and this sweep's encoder, become the bundle's ``models/``.
+    recording with the first seed, and this sweep's encoder, become the bundle's ``models/``. ``end_to_end``:
+    the encoder is not frozen but fine-tuned with the decoder, with the ``scratch`` recipe (rows
+    ``vjepa_<name><tag>_e2e``, to compare with ``scratch``).
     """
     from medssl.eval.results import append_result
 
@@ -165,8 +173,9 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
     if task == "hc18":
         if not enc.is_file():
             raise SystemExit(f"{enc}: no such pretraining (run --stage sweep on the carotid task first)")
-        return stage_finetune_hc18(data, out, {**s, "inits": [f"vjepa_{name}{tag}"]}, results_json, command,
-                                   encoders={f"vjepa_{name}{tag}": enc})
+        init = f"vjepa_{name}{tag}" + ("_e2e" if end_to_end else "")
+        return stage_finetune_hc18(data, out, {**s, "inits": [init]}, results_json, command, encoders={init: enc},
+                                   end_to_end=end_to_end)
     if not enc.is_file():
         t0 = time.time()
         hist = us.pretrain(data, enc.parent, loc_weight=loc_weight, max_steps=s["pretrain_steps"],
@@ -180,25 +189,27 @@ def stage_sweep(data: str, out: Path, s: dict[str, Any], loc_weight: float, resu
               "encoder_rank_last10": sum(rank[-10:]) / max(1, len(rank[-10:])), "seconds": round(time.time() - t0, 1)})
     frames, pool, test = us.load_task(data)
     state = us.load_state(enc)
-    feats = us.add_features(frames, state, seed=0)
+    feats = None if end_to_end else us.add_features(frames, state, seed=0)
     rows = []
     for n in s["labels"]:
         for seed in s["seeds"]:
             chosen = us.choose_recordings(pool, n, seed)
-            save = (out / "models" / f"vjepa_{name}{tag}_n{n}_s{seed}.pt"
+            save = (out / "models" / f"vjepa_{name}{tag}{'_e2e' if end_to_end else ''}_n{n}_s{seed}.pt"
                     if write_models and n == len(pool) and seed == s["seeds"][0] else None)
             res = us.finetune_and_test(frames, test, chosen, "pretrained", seed, state, feats,
                                        max_steps=s["finetune_steps"], batch_size=s["finetune_batch"],
-                                       eval_every=s["eval_every"], save_model=save)
+                                       eval_every=s["eval_every"], save_model=save,
+                                       freeze=False if end_to_end else None)
             if save is not None:
-                _publish_models(save, enc, f"vjepa_{name}{tag}")
+                _publish_models(save, enc, f"vjepa_{name}{tag}" + ("_e2e" if end_to_end else ""))
             split_file = us.save_split(res, out / "splits")
             if results_json.parent == BUNDLE / "docs":
                 split_file = us.save_split(res, BUNDLE / "docs" / "splits", "docs/splits/")
-            row = us.result_row(res, f"vjepa_{name}{tag}", seed, len(pool), command, split_file)
+            init = f"vjepa_{name}{tag}" + ("_e2e" if end_to_end else "")
+            row = us.result_row(res, init, seed, len(pool), command, split_file)
             append_result(results_json, row)
             rows.append(row)
-            _log({"init": f"vjepa_{name}{tag}", "n": n, "seed": seed, "dice": round(res["dice"], 4)})
+            _log({"init": init, "n": n, "seed": seed, "dice": round(res["dice"], 4), "seconds": res["seconds"]})
     return rows
 
 
@@ -347,10 +358,12 @@ def hc18_labelled(split: dict[str, Any], n: int, seed: int) -> list[str]:
 
 
 def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: Path, command: str,
-                        tag: str = "", encoders: dict[str, Path] | None = None) -> list[dict[str, Any]]:
+                        tag: str = "", encoders: dict[str, Path] | None = None,
+                        end_to_end: bool = False) -> list[dict[str, Any]]:
     """The HC18 fetal-head grid: every init x labelled images x seed, same recipe as the carotid task.
 
-    ``encoders``: ``{init name: encoder.pt}`` of further frozen inits (the sweep's encoders).
+    ``encoders``: ``{init name: encoder.pt}`` of further inits (the sweep's encoders): frozen, or fine-tuned
+    end to end with the ``scratch`` recipe when ``end_to_end``.
     """
     from medssl.eval.results import append_result
 
@@ -362,8 +375,10 @@ def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: P
     feats = _frozen_features(out, s["inits"], frames)
     for init, path in (encoders or {}).items():
         state = us.load_state(path)
-        feats[init] = (state, us.add_features(frames, state, seed=0))
+        feats[init] = (state, None if end_to_end else us.add_features(frames, state, seed=0))
     for init, (_, init_feats) in feats.items():
+        if init_feats is None:
+            continue
         tokens = torch.cat([init_feats[r]["tokens"] for r in pool])
         _log({"encoder": init, "effective_rank_hc18_pool": round(us.effective_rank(tokens), 2)})
     split_ref = HC18_SPLIT_REF if results_json.parent == BUNDLE / "docs" else os.fspath(out / "hc18_split.json")
@@ -375,7 +390,8 @@ def stage_finetune_hc18(data: str, out: Path, s: dict[str, Any], results_json: P
                 state, f = feats.get(init, (None, None))
                 method = "pretrained" if init in (encoders or {}) else init  # a sweep encoder is frozen too
                 res = us.finetune_and_test(frames, test, chosen, method, seed, state, f, max_steps=s["finetune_steps"],
-                                           batch_size=s["finetune_batch"], eval_every=s["eval_every"], val=val)
+                                           batch_size=s["finetune_batch"], eval_every=s["eval_every"], val=val,
+                                           freeze=False if end_to_end and init in (encoders or {}) else None)
                 row = {**us.result_row(res, init + tag, seed, len(pool), command, split_ref), "task": HC18_TASK}
                 append_result(results_json, row)
                 rows.append(row)
@@ -452,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
         stage_finetune_hc18(data, out, s, results_json, command, args.tag)
     elif args.stage in ("all", "finetune"):
-        stage_finetune(data, out, s, results_json, command, full and not args.no_models and not args.tag, args.tag)
+        stage_finetune(data, out, s, results_json, command,
+                       full and args.write_models and not args.no_models and not args.tag, args.tag)
     if args.stage == "evaluate":  # the shipped checkpoint through the inference path, on the test recordings
         res = us.evaluate_model(BUNDLE / "models" / "model.pt", data)
         if full:  # the figures docs/README.md quotes and tests/test_us_bundle.py re-checks
@@ -470,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             full = full and len(hc18_pairs(data)) == 50
             results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
         stage_sweep(data, out, s, args.loc_weight, results_json, command, args.dispersive_weight, args.tag,
-                    task=args.task, write_models=args.write_models and full and not args.tag)
+                    task=args.task, write_models=args.write_models and full and not args.tag,
+                    end_to_end=args.end_to_end)
     if full:
         print(render(results_json))
         size = sum(p.stat().st_size for p in (BUNDLE / "models").glob("*") if p.is_file())

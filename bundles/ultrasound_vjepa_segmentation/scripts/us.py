@@ -629,6 +629,7 @@ def finetune_and_test(
     save_model: str | os.PathLike[str] | None = None,
     encoder_cfg: Mapping[str, Any] | None = None,
     val: Sequence[str] | None = None,
+    freeze: bool | None = None,
 ) -> dict[str, Any]:
     """Train one segmenter on the frames of ``chosen`` recordings and test it on ``test`` recordings.
 
@@ -649,6 +650,8 @@ def finetune_and_test(
         encoder_cfg: encoder geometry overrides.
         val: fixed validation recordings (HC18: a fixed set of images); then every frame of ``chosen`` is
             trained on. ``None``: validation frames come from ``chosen`` (carotid, see the module docstring).
+        freeze: ``False`` trains the encoder end to end from ``encoder_state`` (the ``scratch`` recipe from
+            pretrained weights); ``None`` decides by ``init`` as above.
 
     Returns:
         JSON-ready dict: ``dice`` (mean over test frames), ``dice_per_recording``, ``threshold``, ``val_dice``,
@@ -656,7 +659,7 @@ def finetune_and_test(
     """
     t0 = time.perf_counter()
     cfg = {**ENCODER_DEFAULTS, **(encoder_cfg or {})}
-    frozen = init in ("pretrained", "vjepa_noloc", "random_frozen")
+    frozen = init in ("pretrained", "vjepa_noloc", "random_frozen") if freeze is None else bool(freeze)
     if val is None:
         train_ids, val_ids = _split_frames(frames, chosen)
     else:
@@ -672,7 +675,7 @@ def finetune_and_test(
     if init == "unet_supervised":
         model: nn.Module = UNetSegmenter(cfg["img_size"])
     else:
-        model = build_segmenter(encoder_state if frozen else None, **cfg)
+        model = build_segmenter(encoder_state if (frozen or freeze is False) else None, **cfg)
     init_output_bias_to_prior(model.output_layer, prior)
     if frozen:
         assert features is not None
