@@ -586,14 +586,17 @@ def effective_rank(tokens: torch.Tensor) -> float:
     return _effective_rank(tokens)
 
 
+def _pooled_dice(pred: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> float:
+    """Dice of boolean masks pooled over all their frames (1 denominator pixel at least)."""
+    return 2 * float((pred & truth).sum()) / max(float(pred.sum() + truth.sum()), 1.0)
+
+
 def _val_threshold(probs: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
     """Best pooled Dice over thresholds 0.05..0.95 on validation frames, and that threshold."""
     best = (-1.0, 0.5)
     y = masks.bool()
     for t in np.arange(0.05, 0.951, 0.05):
-        p = probs >= t
-        inter = float((p & y).sum())
-        d = 2 * inter / max(float(p.sum() + y.sum()), 1.0)
+        d = _pooled_dice(probs >= t, y)
         if d > best[0]:
             best = (d, round(float(t), 2))
     return best
@@ -749,11 +752,9 @@ def finetune_and_test(
             probs = torch.cat([torch.sigmoid(forward(torch.arange(i, min(i + 32, len(val_ids))), None, False))
                                for i in range(0, len(val_ids), 32)])
         raw = (probs[:, 0] >= best["threshold"]).numpy()
-        kept = keep_largest_component(raw)
         y = va_msk[:, 0].bool().numpy()
-        d_raw = 2 * float((raw & y).sum()) / max(float(raw.sum() + y.sum()), 1.0)
-        d_kept = 2 * float((kept & y).sum()) / max(float(kept.sum() + y.sum()), 1.0)
-        largest = {"largest_component": d_kept > d_raw, "val_dice_largest_component": round(d_kept, 4)}
+        d_kept = _pooled_dice(keep_largest_component(raw), y)
+        largest = {"largest_component": d_kept > _pooled_dice(raw, y), "val_dice_largest_component": round(d_kept, 4)}
 
     dices: list[float] = []
     per_rec: dict[str, float] = {}
