@@ -17,6 +17,7 @@ from medssl.mri import (
     PropellerGeometry,
     PropellerOperator,
     ReadoutSplitSSL,
+    SupervisedRecon,
     UnrolledRecon,
     birdcage_maps,
     cartesian_coil_images,
@@ -31,6 +32,8 @@ from medssl.transforms.kspace import (
     blade_angles,
     blade_subset,
     body_mask,
+    dihedral_image,
+    dihedral_trajectory,
     noise_sigma_for_snr,
     normalise_magnitude,
     propeller_coordinates,
@@ -215,6 +218,56 @@ def test_twenty_training_steps_lower_kspace_loss(mr64):
     with torch.no_grad():
         after = float(method(batch)["loss"])
     assert math.isfinite(after) and after < 0.98 * before, (before, after)
+
+
+def test_dihedral_kspace_views_are_exact_acquisitions_of_the_rotated_object():
+    # each of the 8 symmetries: the NUFFT of the transformed image on the transformed trajectory equals the
+    # original samples times the phase, for an image that is non-zero up to the grid's edge
+    g = torch.Generator().manual_seed(3)
+    geo = PropellerGeometry(8, 6, 64, 32)
+    traj = geo.trajectory()
+    x = torch.randn(1, 32, 32, generator=g, dtype=torch.complex64)
+    y = PropellerOperator(traj, 32, None, normalise_dcf=False, toeplitz=False).forward(x)
+    errors, distinct = [], set()
+    for sym in range(8):
+        t2, phase = dihedral_trajectory(traj, sym)
+        y2 = PropellerOperator(t2, 32, None, normalise_dcf=False, toeplitz=False).forward(dihedral_image(x, sym))
+        errors.append(float((y2 - y * phase).norm() / y.norm()))
+        distinct.add(tuple(dihedral_image(torch.arange(4.0).reshape(2, 2), sym).reshape(-1).tolist()))
+    assert max(errors) < 5e-3, errors
+    assert len(distinct) == 8  # the 8 elements are different transforms
+    # a wrong phase (none) is far off for the symmetries that need one
+    t1, _ = dihedral_trajectory(traj, 1)
+    y1 = PropellerOperator(t1, 32, None, normalise_dcf=False, toeplitz=False).forward(dihedral_image(x, 1))
+    assert float((y1 - y).norm() / y.norm()) > 0.1
+    with pytest.raises(ValueError):
+        dihedral_image(x, 8)
+
+
+def test_augmented_training_views_are_data_consistent(mr64):
+    # noiseless blades: under every symmetry the method's operator maps the transformed clean image onto the
+    # transformed samples (coil maps, phase, trajectory and density weights all consistent)
+    geo = PropellerGeometry(8, 6, 128, 64)
+    sens = birdcage_maps(4, 64)
+    acq = simulate_acquisition(mr64, geo, sens, snr=None, generator=torch.Generator().manual_seed(1))
+    blades = geo.blades(0.5)
+    item = BladeDataset([acq], blades)[0]
+    batch = {k: v[None] for k, v in item.items()}
+    net = UnrolledRecon(n_unrolls=1, cg_iters=1, channels=(8, 16))
+    method = SupervisedRecon(net, geo.trajectory(blades), 64, augment=True)
+    for sym in range(8):
+        y, s, t = method.transform(sym, batch["kspace"], batch["sens"], batch["target"])
+        op = method._op("all", None, y.device, sym=sym).with_sens(s)
+        assert float((op.forward(t) - y).norm() / y.norm()) < 5e-3
+        assert torch.equal(op.dcf, method._op("all", None, y.device).dcf)
+    method.train()
+    assert math.isfinite(float(method(batch)["loss"]))
+    ssl = ReadoutSplitSSL(net, geo.trajectory(blades), geo.sample_shape(len(blades)), 64, augment=True).train()
+    torch.manual_seed(0)
+    seen = {int(ssl(batch)["symmetry"]) for _ in range(12)}
+    assert len(seen) >= 4  # random views while training
+    ssl.eval()
+    assert {int(ssl(batch)["symmetry"]) for _ in range(4)} == {0}  # never at evaluation
 
 
 def test_twix_gre_reconstructs_phantom_and_propeller_path():

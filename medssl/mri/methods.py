@@ -16,6 +16,13 @@ operators, density compensation and Toeplitz kernels of every sample set are com
 - :class:`SupervisedRecon`: the same network on all acquired samples, normalised L1 + L2 loss against the clean
   image (the upper bound).
 
+With ``augment=True`` every training step sees the acquisition as that of a rotated / flipped object: one of the
+8 symmetries of the square (:func:`medssl.transforms.kspace.dihedral_image`) is drawn per batch, the coil maps
+and the clean target are transformed in the image domain, and the measured samples are kept but re-labelled
+with the transformed trajectory and a linear phase (:func:`medssl.transforms.kspace.dihedral_trajectory`). This
+is exact (no interpolation), needs no new scans and leaves the noise's law unchanged, so it is legitimate for the
+self-supervised methods: 8 times the training views from the same noisy blades.
+
 Inside every method inputs are scaled by the 99th percentile of the gridding image's magnitude, so the network
 sees intensities of order one whatever the scanner's units.
 """
@@ -30,7 +37,13 @@ import torch
 from medssl.mri.network import UnrolledRecon
 from medssl.mri.operators import PropellerOperator
 from medssl.ssl.methods.base import SSLMethod
-from medssl.transforms.kspace import readout_split, ssdu_split
+from medssl.transforms.kspace import (
+    DIHEDRAL_SIZE,
+    dihedral_image,
+    dihedral_trajectory,
+    readout_split,
+    ssdu_split,
+)
 
 __all__ = ["ReadoutSplitSSL", "SSDU", "SupervisedRecon", "reconstruct", "intensity_scale"]
 
@@ -53,24 +66,64 @@ def reconstruct(network: UnrolledRecon, op: PropellerOperator, kspace: torch.Ten
 class _ReconMethod(SSLMethod):
     """Shared plumbing: the network, the operator cache per device, per-batch coil maps."""
 
-    def __init__(self, network: UnrolledRecon, traj: torch.Tensor, im_size: int) -> None:
+    def __init__(self, network: UnrolledRecon, traj: torch.Tensor, im_size: int, augment: bool = False) -> None:
         super().__init__()
         self.network = network
         self.encoder = network  # what the bundle exports
         self.traj = traj.float()
         self.im_size = int(im_size)
+        self.augment = bool(augment)
         self._ops: dict[str, PropellerOperator] = {}
+        self._phases: dict[int, torch.Tensor] = {}
 
-    def _op(self, key: str, mask: torch.Tensor | None, device: torch.device, toeplitz: bool = True) -> Any:
-        name = f"{key}@{device}"
+    def _op(self, key: str, mask: torch.Tensor | None, device: torch.device, toeplitz: bool = True,
+            sym: int = 0) -> Any:
+        """The operator of sample set ``key`` (``mask`` of the flat samples) under symmetry ``sym``, cached.
+
+        A transformed set reuses the untransformed set's density compensation (a rotation or flip of the whole
+        trajectory leaves the sampling density unchanged), so every view has the same data weighting.
+        """
+        name = f"{key}/{sym}@{device}"
         if name not in self._ops:
-            cpu = self._ops.get(f"{key}@cpu")
+            cpu = self._ops.get(f"{key}/{sym}@cpu")
             if cpu is None:
-                traj = self.traj if mask is None else self.traj[:, mask.reshape(-1)]
-                cpu = PropellerOperator(traj, self.im_size, None, toeplitz=toeplitz, normalise_dcf=toeplitz)
-                self._ops[f"{key}@cpu"] = cpu
+                if sym == 0:
+                    traj = self.traj if mask is None else self.traj[:, mask.reshape(-1)]
+                    cpu = PropellerOperator(traj, self.im_size, None, toeplitz=toeplitz, normalise_dcf=toeplitz)
+                else:
+                    base = self._op(key, mask, torch.device("cpu"), toeplitz)
+                    traj, _ = dihedral_trajectory(base.traj, sym)
+                    cpu = PropellerOperator(traj, self.im_size, None, dcf=base.dcf, normalise_dcf=False,
+                                            toeplitz=toeplitz)
+                self._ops[f"{key}/{sym}@cpu"] = cpu
             self._ops[name] = cpu.to(device)
         return self._ops[name]
+
+    def _view(self, batch: dict[str, Any]) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(symmetry, kspace, sens, target)`` of the batch, under a random symmetry when augmenting."""
+        y, sens, target = batch["kspace"], batch["sens"], batch.get("target")
+        if not (self.augment and self.training):
+            return 0, y, sens, target
+        sym = int(torch.randint(DIHEDRAL_SIZE, ()))
+        return (sym, *self.transform(sym, y, sens, target))
+
+    def transform(self, sym: int, kspace: torch.Tensor, sens: torch.Tensor, target: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The batch as an acquisition of the object under symmetry ``sym`` (on the trajectory of ``_op(sym=)``).
+
+        Args:
+            sym: index of the symmetry (0-7; 0 is the identity).
+            kspace: ``[B, C, K]`` samples of the blades in use.
+            sens: ``[B, C, N, N]`` coil maps.
+            target: ``[B, N, N]`` clean images or ``None``.
+        """
+        if sym == 0:
+            return kspace, sens, target
+        if sym not in self._phases:
+            self._phases[sym] = dihedral_trajectory(self.traj, sym)[1]
+        phase = self._phases[sym].to(kspace.device)
+        tgt = None if target is None else dihedral_image(target, sym)
+        return kspace * phase, dihedral_image(sens, sym), tgt
 
     def _inputs(self, op: PropellerOperator, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -107,11 +160,12 @@ class ReadoutSplitSSL(_ReconMethod):
         im_size: image matrix.
         mode: ``"interleaved"`` or ``"contiguous"`` readout split.
         swap: swap the roles of the two sets with probability 1/2 at every step (augmentation).
+        augment: train on random rotations / flips of the acquisitions (exact, see the module docstring).
     """
 
     def __init__(self, network: UnrolledRecon, traj: torch.Tensor, sample_shape: Sequence[int], im_size: int,
-                 mode: str = "interleaved", swap: bool = True) -> None:
-        super().__init__(network, traj, im_size)
+                 mode: str = "interleaved", swap: bool = True, augment: bool = False) -> None:
+        super().__init__(network, traj, im_size, augment=augment)
         a, b = readout_split(*sample_shape, mode=mode)
         self.masks = {"a": a.reshape(-1), "b": b.reshape(-1)}
         self.swap = swap
@@ -119,11 +173,11 @@ class ReadoutSplitSSL(_ReconMethod):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"loss": normalised k-space loss on the held-out set, "swapped": 0/1}``."""
-        y, sens = batch["kspace"], batch["sens"]
+        sym, y, sens, _ = self._view(batch)
         swapped = bool(self.swap and float(torch.rand(())) < 0.5)
         src, dst = ("b", "a") if swapped else ("a", "b")
-        op_in = self._op(src, self.masks[src], y.device).with_sens(sens)
-        op_out = self._op(dst, self.masks[dst], y.device).with_sens(sens)
+        op_in = self._op(src, self.masks[src], y.device, sym=sym).with_sens(sens)
+        op_out = self._op(dst, self.masks[dst], y.device, sym=sym).with_sens(sens)
         y_in = y[..., self.masks[src].to(y.device)]
         y_out = y[..., self.masks[dst].to(y.device)]
         aty, x0, s = self._inputs(op_in, y_in)
@@ -132,7 +186,8 @@ class ReadoutSplitSSL(_ReconMethod):
             aty_out = op_out.weighted_adjoint(y_out) / s[:, None, None]
             norm2 = op_out.weighted_norm2(y_out) / s**2
         loss = (op_out.data_loss(x, aty_out, norm2) / norm2).mean()
-        return {"loss": loss, "swapped": torch.tensor(float(swapped)), "mu": self.network.mu.detach()}
+        return {"loss": loss, "swapped": torch.tensor(float(swapped)), "mu": self.network.mu.detach(),
+                "symmetry": torch.tensor(float(sym))}
 
 
 class SSDU(_ReconMethod):
@@ -144,11 +199,13 @@ class SSDU(_ReconMethod):
         rho: ``|Lambda| / |acquired|`` (0.4 in SSDU).
         n_splits: size of the fixed pool of splits (multi-mask SSDU); one is drawn at random every step.
         seed: seed of the pool.
+        augment: train on random rotations / flips of the acquisitions.
     """
 
     def __init__(self, network: UnrolledRecon, traj: torch.Tensor, sample_shape: Sequence[int], im_size: int,
-                 coords: torch.Tensor | None = None, rho: float = 0.4, n_splits: int = 4, seed: int = 0) -> None:
-        super().__init__(network, traj, im_size)
+                 coords: torch.Tensor | None = None, rho: float = 0.4, n_splits: int = 4, seed: int = 0,
+                 augment: bool = False) -> None:
+        super().__init__(network, traj, im_size, augment=augment)
         g = torch.Generator().manual_seed(int(seed))
         self.splits = []
         for _ in range(int(n_splits)):
@@ -159,11 +216,11 @@ class SSDU(_ReconMethod):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"loss": ||y_L - A_L x||_2 / ||y_L||_2 + ||y_L - A_L x||_1 / ||y_L||_1}`` for a random split."""
-        y, sens = batch["kspace"], batch["sens"]
+        sym, y, sens, _ = self._view(batch)
         k = int(torch.randint(len(self.splits), ()))
         theta, lam = self.splits[k]
-        op_t = self._op(f"theta{k}", theta, y.device).with_sens(sens)
-        op_l = self._op(f"lambda{k}", lam, y.device, toeplitz=False).with_sens(sens)
+        op_t = self._op(f"theta{k}", theta, y.device, sym=sym).with_sens(sens)
+        op_l = self._op(f"lambda{k}", lam, y.device, toeplitz=False, sym=sym).with_sens(sens)
         y_t = y[..., theta.to(y.device)]
         y_l = y[..., lam.to(y.device)]
         aty, x0, s = self._inputs(op_t, y_t)
@@ -177,12 +234,15 @@ class SSDU(_ReconMethod):
 
 
 class SupervisedRecon(_ReconMethod):
-    """The same network trained against clean images (normalised L1 + L2 on the complex image): the upper bound."""
+    """The same network trained against clean images (normalised L1 + L2 on the complex image): the upper bound.
+
+    Args: as :class:`_ReconMethod` (``network``, ``traj``, ``im_size``, ``augment``).
+    """
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"loss": ||x - t||_2 / ||t||_2 + ||x - t||_1 / ||t||_1}`` on all acquired samples."""
-        y, sens, target = batch["kspace"], batch["sens"], batch["target"]
-        op = self._op("all", None, y.device).with_sens(sens)
+        sym, y, sens, target = self._view(batch)
+        op = self._op("all", None, y.device, sym=sym).with_sens(sens)
         aty, x0, s = self._inputs(op, y)
         x = self.network.reconstruct(op, aty, x0)
         t = (target / s[:, None, None]).reshape(y.shape[0], -1)

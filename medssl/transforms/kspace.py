@@ -40,6 +40,9 @@ __all__ = [
     "noise_sigma_for_snr",
     "add_complex_noise",
     "normalise_magnitude",
+    "DIHEDRAL_SIZE",
+    "dihedral_image",
+    "dihedral_trajectory",
 ]
 
 
@@ -270,3 +273,55 @@ def normalise_magnitude(image: np.ndarray | torch.Tensor, size: int | None = Non
                                             align_corners=False)[0, 0]
     hi = float(torch.quantile(t.reshape(-1)[:: max(1, t.numel() // 65536)], 0.995)) or 1.0
     return (t / hi).clamp(0, 1.5).float()
+
+
+# The 8 grid symmetries of a square image (rotations by multiples of 90 degrees, each optionally followed by a
+# left-right flip) as exact k-space maps. With the NUFFT's centre at pixel N/2, ``torch.rot90`` / ``torch.flip``
+# map the pixel lattice {-N/2 .. N/2-1} onto itself through ``r -> R r + t`` (``t`` in {0, -1}²), so the
+# transformed image's k-space at ``M k`` is the original k-space at ``k`` times ``exp(i b . M k)``: a new
+# trajectory and a linear phase, exact for every image (no interpolation, no edge effects).
+# (rot90 turns, flip, M as rows of the 2x2 matrix acting on (k_row, k_col), b).
+_DIHEDRAL: tuple[tuple[int, bool, tuple[tuple[int, int], tuple[int, int]], tuple[int, int]], ...] = (
+    (0, False, ((1, 0), (0, 1)), (0, 0)),
+    (0, True, ((1, 0), (0, -1)), (0, 1)),
+    (1, False, ((0, -1), (1, 0)), (1, 0)),
+    (1, True, ((0, -1), (-1, 0)), (1, 1)),
+    (2, False, ((-1, 0), (0, -1)), (1, 1)),
+    (2, True, ((-1, 0), (0, 1)), (1, 0)),
+    (3, False, ((0, 1), (-1, 0)), (0, 1)),
+    (3, True, ((0, 1), (1, 0)), (0, 0)),
+)
+DIHEDRAL_SIZE = len(_DIHEDRAL)
+
+
+def _dihedral(index: int) -> tuple[int, bool, tuple[tuple[int, int], tuple[int, int]], tuple[int, int]]:
+    if not 0 <= int(index) < DIHEDRAL_SIZE:
+        raise ValueError(f"dihedral index must lie in [0, {DIHEDRAL_SIZE}), got {index}")
+    return _DIHEDRAL[int(index)]
+
+
+def dihedral_image(x: torch.Tensor, index: int) -> torch.Tensor:
+    """Element ``index`` (0-7) of the square's symmetry group applied to the last two axes of ``x``.
+
+    ``index // 2`` quarter turns (``torch.rot90``), then a left-right flip when ``index`` is odd; 0 is the
+    identity. Coil maps, clean images and network outputs all transform this way.
+    """
+    turns, flip, _, _ = _dihedral(index)
+    out = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return torch.flip(out, dims=(-1,)) if flip else out
+
+
+def dihedral_trajectory(traj: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k-space side of :func:`dihedral_image`: ``(trajectory [2, K], phase [K])``.
+
+    If ``y = F_traj(x)`` (torchkbnufft's NUFFT, image centre at pixel ``N/2``), then
+    ``F_traj'(dihedral_image(x, index)) = y * phase``. Measured blades therefore become an exact acquisition
+    of the rotated / flipped object on the returned trajectory, which is how :mod:`medssl.mri.methods`
+    augments self-supervised training without new scans (the noise, white and circular, is unchanged in law).
+    """
+    _, _, m, b = _dihedral(index)
+    mat = torch.tensor(m, dtype=traj.dtype, device=traj.device)
+    new = (mat @ traj).clamp(-math.pi, math.pi - 1e-6)
+    bb = torch.tensor(b, dtype=traj.dtype, device=traj.device)
+    phase = torch.polar(torch.ones_like(new[0]), (bb[:, None] * (mat @ traj)).sum(0))
+    return new.contiguous(), phase.to(torch.complex64)

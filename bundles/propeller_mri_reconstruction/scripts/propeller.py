@@ -176,16 +176,17 @@ def build_network(**overrides: Any) -> UnrolledRecon:
 
 
 def build_method(method: str, network: UnrolledRecon, geometry: PropellerGeometry, blades: torch.Tensor,
-                 seed: int = 0, split: str = "interleaved") -> torch.nn.Module:
-    """The training objective ``method`` over the blades in use."""
+                 seed: int = 0, split: str = "interleaved", augment: bool = False) -> torch.nn.Module:
+    """The training objective ``method`` over the blades in use (``augment``: random exact rotations / flips)."""
     traj = geometry.trajectory(blades)
     shape = geometry.sample_shape(len(blades))
     if method == "self_supervised":
-        return ReadoutSplitSSL(network, traj, shape, geometry.im_size, mode=split)
+        return ReadoutSplitSSL(network, traj, shape, geometry.im_size, mode=split, augment=augment)
     if method == "ssdu":
-        return SSDU(network, traj, shape, geometry.im_size, coords=geometry.coordinates(blades), rho=0.4, seed=seed)
+        return SSDU(network, traj, shape, geometry.im_size, coords=geometry.coordinates(blades), rho=0.4, seed=seed,
+                    augment=augment)
     if method == "supervised":
-        return SupervisedRecon(network, traj, geometry.im_size)
+        return SupervisedRecon(network, traj, geometry.im_size, augment=augment)
     raise ValueError(f"unknown trained method {method!r}; one of {TRAINED}")
 
 
@@ -325,6 +326,18 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------- bundle workflows
 
 
+def _flag(value: bool | str | int, name: str) -> bool:
+    """A boolean option that may arrive as a string from the command line (``--augment false``)."""
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on", "dihedral"):
+            return True
+        if low in ("0", "false", "no", "off", "none", ""):
+            return False
+        raise MedsslError(f"{name}: expected true or false, got {value!r}")
+    return bool(value)
+
+
 def pretrain(
     data: str | os.PathLike[str], output_dir: str | os.PathLike[str], method: str = "self_supervised",
     blade_fraction: float = 0.5, snrs: Sequence[float] = (10.0, 20.0), max_steps: int = 300, im_size: int = 128,
@@ -332,7 +345,7 @@ def pretrain(
     batch_size: int = 1, seed: int = 0,
     device: str = "cpu", resume: bool = False, network: dict[str, Any] | None = None,
     train_limit: int | None = None, label_fraction: float = 1.0, init_checkpoint: str | None = None,
-    evaluate_test: bool = False,
+    evaluate_test: bool = False, augment: bool = False,
 ) -> dict[str, Any]:
     """Train the network on the training images' simulated noisy blades; writes ``output_dir/model.pt``.
 
@@ -358,11 +371,14 @@ def pretrain(
         label_fraction: for ``supervised``: the fraction of training images whose clean image is used.
         init_checkpoint: start from these weights (e.g. the self-supervised model, for supervised fine-tuning).
         evaluate_test: also report the mean test PSNR of the trained network (at the first SNR).
+        augment: show every step a random rotation / flip of its acquisition (exact in k-space, see
+            :mod:`medssl.mri.methods`): 8 views of each noisy scan, no new data.
 
     Returns:
         ``{"model": path, "loss_first", "loss_last", "seconds", "train_images"[, "test_psnr"]}``.
     """
     t0 = time.time()
+    augment = _flag(augment, "augment")
     geometry = PropellerGeometry(n_blades, n_lines, n_readout or 2 * im_size, im_size)
     train_imgs, test_imgs = study_images(data, im_size)
     if train_limit:
@@ -378,7 +394,7 @@ def pretrain(
     net = build_network(**(network or {}))
     if init_checkpoint:
         net, _ = load_model(init_checkpoint)
-    m = build_method(method, net, geometry, blades, seed=seed)
+    m = build_method(method, net, geometry, blades, seed=seed, augment=augment)
     hist = train(m, BladeDataset(acqs, blades), output_dir, max_steps, lr=lr, batch_size=batch_size, seed=seed,
                  device=device, resume=resume)
     losses = hist.get("loss", [])
@@ -386,7 +402,7 @@ def pretrain(
             "geometry": {"n_blades": n_blades, "n_lines": n_lines, "n_readout": geometry.n_readout, "im_size": im_size,
                          "n_coils": n_coils},
             "train_images": [n for n, _ in train_imgs], "seed": seed, "readout_split": "interleaved",
-            "init": init_checkpoint or "scratch"}
+            "init": init_checkpoint or "scratch", "augment": "dihedral" if augment else "none"}
     path = save_model(Path(output_dir) / "model.pt", net, info)
     k = max(1, min(10, len(losses) // 2))
     out = {"model": os.fspath(path), "loss_first": float(np.mean(losses[:k])) if losses else math.nan,
