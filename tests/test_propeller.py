@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -433,3 +434,26 @@ def test_experiment_evaluate_names_a_bad_checkpoint(tmp_path, capsys):
              str(tmp_path / "out"), "--data", "samples"], capture_output=True, text=True, timeout=300)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and path.name in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_experiment_table_merges_per_seed_evaluations(tmp_path):
+    """``experiment.py --table``: rows written twice (the conventional rows of two runs) count once per seed."""
+    import subprocess
+
+    def row(seed: int, method: str, value: float) -> dict:
+        return {"task": "t", "snr": 20.0, "blade_fraction": 0.5, "seed": seed, "method": method, "metric": "psnr",
+                "value": value, "im_size": 128}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps([row(0, "cg_sense", 30.0), row(0, "self_supervised", 31.0)]))
+    b.write_text(json.dumps([row(0, "cg_sense", 30.0), row(1, "cg_sense", 32.0), row(1, "self_supervised", 35.0)]))
+    proc = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table", str(a), str(b)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split("|")[1].strip(): ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and "---" not in ln}
+    assert lines["cg_sense"].rstrip(" |").endswith("2")  # seeds 0 and 1, the duplicate of seed 0 dropped
+    assert "31.00 ± 1.41" in lines["cg_sense"]  # mean and std of 30 and 32
+    assert "33.00 ± 2.83" in lines["self_supervised"]
+    missing = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table",
+                              str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "nope.json" in missing.stderr

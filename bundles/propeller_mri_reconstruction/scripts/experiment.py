@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluate this trained checkpoint (e.g. models/model.pt) beside the conventional methods on "
                         "every seed's test acquisitions, instead of training; rows under the task suffix _model")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
+    p.add_argument("--table", nargs="+", default=None, metavar="RESULTS",
+                   help="only print the mean ± std tables of these results files together (e.g. one --evaluate "
+                        "run per seed), each row once; nothing is trained or written")
     p.add_argument("--calibration-tune", action="store_true",
                    help="also tune CG-SENSE / the denoiser at the 256² calibration setting (slow on a CPU)")
     return p.parse_args(argv)
@@ -107,9 +110,31 @@ def _log(**kw: Any) -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in kw.items()}), flush=True)
 
 
-def summary_table(results: str | os.PathLike[str]) -> str:
-    """Markdown tables (one per setting) of mean ± std over seeds of every method and metric."""
-    rows = load_results(results)
+def merged_rows(paths: list[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """The rows of several results files, each (task, SNR, blade fraction, seed, method, metric) once.
+
+    Separate ``--evaluate`` runs of one seed each write the same conventional rows; the first one is kept.
+    """
+    seen: set[tuple] = set()
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such results file")
+        for r in load_results(path):
+            key = (r["task"], r["snr"], r["blade_fraction"], r["seed"], r["method"], r["metric"])
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
+
+
+def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str:
+    """Markdown tables (one per setting) of mean ± std over seeds of every method and metric.
+
+    Args:
+        results: a results file, or rows (e.g. :func:`merged_rows`).
+    """
+    rows = results if isinstance(results, list) else load_results(results)
     groups: dict[tuple, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
         key = (r["task"], r.get("im_size", 0), r["snr"], r["blade_fraction"])
@@ -185,6 +210,13 @@ def figure(path: Path, res: dict[str, Any], idx: int, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the study; returns 0 when everything ran, 1 when the budget cut trainings off."""
     args = parse_args(argv)
+    if args.table:
+        try:
+            print(summary_table(merged_rows(args.table)), flush=True)
+        except FileNotFoundError as exc:
+            print(f"experiment: {exc}", file=sys.stderr)
+            return 2
+        return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     evaluated: tuple[Any, dict[str, Any]] | None = None
     if args.evaluate:  # before any simulation or tuning: a bad path is a one-line error

@@ -169,10 +169,14 @@ def make_acquisitions(
 
 
 def build_network(**overrides: Any) -> UnrolledRecon:
-    """The unrolled network with the bundle's defaults (``n_unrolls``, ``cg_iters``, ``channels``)."""
+    """The unrolled network with the bundle's defaults, overridden by ``overrides``.
+
+    Keys: ``n_unrolls``, ``cg_iters``, ``channels``, ``kspace_support``, ``final_denoise``.
+    """
     cfg = {**NET_DEFAULTS, **overrides}
     return UnrolledRecon(n_unrolls=int(cfg["n_unrolls"]), cg_iters=int(cfg["cg_iters"]),
-                         channels=tuple(cfg["channels"]), kspace_support=bool(cfg.get("kspace_support", True)))
+                         channels=tuple(cfg["channels"]), kspace_support=bool(cfg.get("kspace_support", True)),
+                         final_denoise=bool(cfg.get("final_denoise", True)))
 
 
 def build_method(method: str, network: UnrolledRecon, geometry: PropellerGeometry, blades: torch.Tensor,
@@ -218,7 +222,7 @@ def save_model(path: str | os.PathLike[str], network: UnrolledRecon, info: dict[
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     atomic_write(path, lambda fh: torch.save(state, fh))
     meta = {"network": {"n_unrolls": network.n_unrolls, "cg_iters": network.cg_iters,
-                        "kspace_support": network.kspace_support,
+                        "kspace_support": network.kspace_support, "final_denoise": network.final_denoise,
                         "channels": list(network.channels)}, **info}
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
