@@ -136,16 +136,24 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
     """
     rows = results if isinstance(results, list) else load_results(results)
     groups: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    models: dict[tuple, set[str]] = {}
     for r in rows:
         key = (r["task"], r.get("im_size", 0), r["snr"], r["blade_fraction"])
         groups.setdefault(key, {}).setdefault(r["method"], {}).setdefault(r["metric"], []).append(r["value"])
+        if r.get("model"):
+            models.setdefault(key, set()).add(str(r["model"]))
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
     for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_model"), -k[2], k[3])):
         task, size, snr, frac = key
         label = "study"
         if task.endswith("_model"):
-            label = "the shipped checkpoint `models/model.pt` on every seed's test acquisitions"
+            evaluated = sorted(models.get(key, set()))
+            if all(m.endswith("models/model.pt") for m in evaluated):
+                label = "the shipped checkpoint `models/model.pt` on every seed's test acquisitions"
+            else:
+                names = ", ".join(f"`{m}`" for m in evaluated)
+                label = f"checkpoints {names}, each on its seed's test acquisitions"
         if "calib" in task:
             label = "calibration, conventional only, " + ("tuned on training images" if "tuned" in task else
                                                           "the issue's settings")
