@@ -457,3 +457,9 @@ def test_experiment_table_merges_per_seed_evaluations(tmp_path):
     missing = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table",
                               str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope.json" in missing.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    bad = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table", str(broken)],
+                         capture_output=True, text=True, timeout=120)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and "broken.json" in err[0] and "Traceback" not in bad.stderr

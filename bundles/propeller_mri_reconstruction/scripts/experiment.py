@@ -120,8 +120,12 @@ def merged_rows(paths: list[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such results file")
-        for r in load_results(path):
-            key = (r["task"], r["snr"], r["blade_fraction"], r["seed"], r["method"], r["metric"])
+        try:
+            rows = load_results(path)
+            keys = [(r["task"], r["snr"], r["blade_fraction"], r["seed"], r["method"], r["metric"]) for r in rows]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a results file ({type(exc).__name__}: {exc})") from None
+        for key, r in zip(keys, rows, strict=True):
             if key not in seen:
                 seen.add(key)
                 out.append(r)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         try:
             print(summary_table(merged_rows(args.table)), flush=True)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"experiment: {exc}", file=sys.stderr)
             return 2
         return 0
