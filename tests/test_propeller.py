@@ -463,3 +463,69 @@ def test_experiment_table_merges_per_seed_evaluations(tmp_path):
                          capture_output=True, text=True, timeout=120)
     err = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(err) == 1 and "broken.json" in err[0] and "Traceback" not in bad.stderr
+
+
+def _propeller_module():
+    from medssl.bundles import load_bundle_config
+
+    return load_bundle_config("propeller_mri_reconstruction", "inference").get_parsed_content("propeller")
+
+
+def test_noise_level_estimated_from_the_blades_matches_the_simulated_noise():
+    """The per-sample sigma (readout ends) and the image-domain SNR, against the known simulated truth."""
+    from medssl.mri import estimate_sample_sigma, estimate_snr
+
+    g = torch.Generator().manual_seed(0)
+    pure = (torch.randn(8, 8, 12, 256, generator=g) + 1j * torch.randn(8, 8, 12, 256, generator=g)) * (0.3 / 2**0.5)
+    assert abs(estimate_sample_sigma(pure.to(torch.complex64)) / 0.3 - 1) < 0.03
+    mag = normalise_magnitude(np.asarray(load(samples.mr_small()).array, np.float32), 128)  # the study's matrix
+    geo = PropellerGeometry(16, 12, 256, 128)
+    sens = birdcage_maps(8, 128)
+    blades = geo.blades(0.5)
+    op = PropellerOperator(geo.trajectory(blades), 128, sens)
+    for snr in (10.0, 20.0):
+        acq = simulate_acquisition(mag, geo, sens, snr, generator=torch.Generator().manual_seed(1))
+        k = acq["kspace"][:, blades]
+        sigma = estimate_sample_sigma(k)
+        assert abs(sigma / acq["sigma_sample"] - 1) < 0.1
+        y = k.reshape(1, 8, -1)
+        est = estimate_snr(op, y, sigma, oversampling=2.0)
+        assert 0.8 * snr < est < 1.05 * snr
+        # invariant to the data's scale (a vendor's k-space units)
+        assert estimate_snr(op, 1e3 * y, estimate_sample_sigma(1e3 * k), 2.0) == pytest.approx(est, rel=1e-3)
+    with pytest.raises(ValueError, match="complex"):
+        estimate_sample_sigma(pure.real)
+
+
+def test_noise_matched_chooses_the_nearest_training_snr_on_a_log_scale(tmp_path):
+    from medssl.errors import MedsslError
+
+    prop = _propeller_module()
+    nets = {10.0: UnrolledRecon(1, 1, (4, 8)), 20.0: UnrolledRecon(1, 1, (4, 8))}
+    matched = prop.NoiseMatched(nets)
+    assert [matched.choose(s) for s in (3.0, 14.0, 14.2, 60.0, math.inf, 0.0)] == [10.0, 10.0, 20.0, 20.0, 20.0, 10.0]
+    both = prop.save_model(tmp_path / "both.pt", prop.build_network(channels=[4, 8]), {"snrs": [10.0, 20.0]})
+    with pytest.raises(MedsslError, match="both.pt"):
+        prop.load_noise_matched([both])
+    a = prop.save_model(tmp_path / "a.pt", prop.build_network(channels=[4, 8]), {"snrs": [20.0]})
+    b = prop.save_model(tmp_path / "b.pt", prop.build_network(channels=[4, 8]), {"snrs": [20.0]})
+    with pytest.raises(MedsslError, match="b.pt"):
+        prop.load_noise_matched([a, b])
+
+
+def test_inference_reconstructs_each_input_with_the_network_of_its_snr(tmp_path):
+    """Two networks trained at SNR 10 and 20 (untrained stand-ins saved like them): the one whose SNR the data has."""
+    from medssl.bundles import run_workflow
+
+    prop = _propeller_module()
+    torch.manual_seed(0)
+    ckpts = [prop.save_model(tmp_path / f"model_snr{s}.pt", prop.build_network(channels=[4, 8, 16]),
+                             {"method": "untrained", "snrs": [float(s)]}) for s in (10, 20)]
+    for snr, expected in ((10.0, "model_snr10.pt"), (20.0, "model_snr20.pt")):
+        (summary,) = run_workflow("propeller_mri_reconstruction", "inference", {
+            "inputs": [str(samples.mr_small())], "output_dir": str(tmp_path / f"out{snr:g}"), "device": "cpu",
+            "snr_checkpoints": [str(c) for c in ckpts], "simulate_blades": 16, "snr": snr,
+            "checkpoint": str(tmp_path / "absent.pt")})
+        (out,) = summary["outputs"].values()
+        assert out["network"] == expected, out
+        assert 0.7 * snr < float(out["estimated_snr"]) < 1.05 * snr

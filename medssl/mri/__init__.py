@@ -8,6 +8,7 @@ package builds on it:
 - baselines :func:`gridding_recon`, :func:`cg_sense`, :func:`denoise_magnitude`
 - :class:`UnrolledRecon` (MONAI U-Net regulariser + CG data consistency)
 - training objectives :class:`ReadoutSplitSSL`, :class:`SSDU`, :class:`SupervisedRecon`; :func:`reconstruct`
+- :func:`estimate_sample_sigma`, :func:`estimate_snr` (noise level of an acquisition, from its own samples)
 - :func:`image_metrics` (PSNR / SSIM / NMSE after a least-squares scale fit, full image and body mask)
 - data helpers :class:`PropellerGeometry`, :func:`simulate_acquisition`, :class:`BladeDataset`,
   :func:`cartesian_recon`, :func:`cartesian_coil_images`, :func:`cartesian_to_blades`
@@ -26,6 +27,7 @@ _WHERE = {
     "birdcage_maps": "coils", "estimate_sens_from_blades": "coils", "normalise_sens": "coils",
     "conjugate_gradient": "baselines", "gridding_recon": "baselines", "cg_sense": "baselines",
     "denoise_magnitude": "baselines", "estimate_noise_sigma": "baselines",
+    "estimate_sample_sigma": "noise", "estimate_snr": "noise",
     "UnrolledRecon": "network", "kspace_support_mask": "network", "to_channels": "network", "to_complex": "network",
     "ReadoutSplitSSL": "methods", "SSDU": "methods", "SupervisedRecon": "methods", "reconstruct": "methods",
     "intensity_scale": "methods", "image_metrics": "metrics", "scale_fit": "metrics",
@@ -62,6 +64,8 @@ __all__ = [
     "cartesian_coil_images",
     "cartesian_to_blades",
     "estimate_noise_sigma",
+    "estimate_sample_sigma",
+    "estimate_snr",
 ]
 
 

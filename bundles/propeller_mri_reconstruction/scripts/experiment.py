@@ -77,9 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=None,
                    help="rows file (default: docs/results.json with the full data, else OUT/results.json); the "
                         "model card's table is re-rendered only from docs/results.json")
-    p.add_argument("--evaluate", default=None, metavar="MODEL",
+    p.add_argument("--evaluate", default=None, nargs="+", metavar="MODEL",
                    help="evaluate this trained checkpoint (e.g. models/model.pt) beside the conventional methods on "
-                        "every seed's test acquisitions, instead of training; rows under the task suffix _model")
+                        "every seed's test acquisitions, instead of training; rows under the task suffix _model. "
+                        "Several checkpoints trained at one SNR each (models/model_snr10.pt models/model_snr20.pt) "
+                        "are evaluated noise-matched: every acquisition goes to the network nearest its SNR "
+                        "estimated from the data; rows under the task suffix _noise_matched")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
     p.add_argument("--table", nargs="+", default=None, metavar="RESULTS",
                    help="only print the mean ± std tables of these results files together (e.g. one --evaluate "
@@ -148,10 +151,15 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
             models.setdefault(key, set()).add(str(r["model"]))
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
-    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_model"), -k[2], k[3])):
+    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_model") + 2 * k[0].endswith(
+            "_noise_matched"), -k[2], k[3])):
         task, size, snr, frac = key
         label = "study"
-        if task.endswith("_model"):
+        if task.endswith("_noise_matched"):
+            names = ", ".join(f"`{m}`" for m in sorted(models.get(key, set())))
+            label = (f"noise-matched networks {names}: every test acquisition reconstructed by the one nearest its "
+                     "SNR estimated from the data, on every seed's test acquisitions")
+        elif task.endswith("_model"):
             evaluated = sorted(models.get(key, set()))
             if all(m.endswith("models/model.pt") for m in evaluated):
                 label = "the shipped checkpoint `models/model.pt` on every seed's test acquisitions"
@@ -235,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         from medssl.errors import MedsslError
 
         try:
-            evaluated = P.load_model(args.evaluate)
+            if len(args.evaluate) == 1:
+                evaluated = P.load_model(args.evaluate[0])
+            else:
+                matched = P.load_noise_matched(args.evaluate)
+                evaluated = (matched, P.load_model(args.evaluate[0])[1])
         except MedsslError as exc:
             print(f"experiment: {exc}", file=sys.stderr)
             return 2
@@ -297,22 +309,30 @@ def main(argv: list[str] | None = None) -> int:
     skipped = []
     if evaluated is not None:
         net, meta = evaluated
-        extra = {"model": os.fspath(args.evaluate), "steps": meta.get("steps"), "trained_seed": meta.get("seed")}
+        model_name = ", ".join(os.fspath(m) for m in args.evaluate)
+        suffix = "_noise_matched" if isinstance(net, P.NoiseMatched) else "_model"
+        extra = {"model": model_name, "steps": meta.get("steps"), "trained_seed": meta.get("seed")}
         method = str(meta.get("method", "self_supervised"))
         for s in args.seeds:
             for snr in args.snrs:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), networks={method: net},
                                      conv=conv[(snr, frac)], keep_images=s == args.seeds[0])
-                    _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + "_model",
-                          extra=extra)
-                    _log(seed=s, snr=snr, fraction=frac, model=os.fspath(args.evaluate),
+                    chosen = {}
+                    if "selection" in res:
+                        sel = res["selection"][method]
+                        chosen = {"estimated_snr": [round(e, 2) for e, _ in sel], "chosen_snr": [c for _, c in sel]}
+                    _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + suffix,
+                          extra={**extra, **chosen})
+                    _log(seed=s, snr=snr, fraction=frac, model=model_name, **chosen,
                          **{m: float(np.mean(v["psnr"])) for m, v in res["metrics"].items()})
                     if s == args.seeds[0] and not args.no_figures:
+                        which = "noise-matched models" if suffix == "_noise_matched" else "shipped model"
                         for i, (name, _) in enumerate(test_imgs):
-                            figure(figs / f"model_{name}_snr{snr:g}_{'all' if frac >= 1 else 'half'}.png", res, i,
+                            half = "all" if frac >= 1 else "half"
+                            figure(figs / f"{suffix[1:]}_{name}_snr{snr:g}_{half}.png", res, i,
                                    f"{name}: SNR {snr:g}, {len(geo.blades(frac))} of {geo.n_blades} blades "
-                                   f"(shipped model, test noise seed {s})")
+                                   f"({which}, test noise seed {s})")
     if "trained" not in args.skip and not args.evaluate:
         for s in args.seeds:
             train_acq = P.make_acquisitions(train_imgs, geo, args.snrs, seed=1000 + s, n_coils=args.coils)

@@ -46,7 +46,9 @@ from medssl.mri import (
     cartesian_to_blades,
     cg_sense,
     denoise_magnitude,
+    estimate_sample_sigma,
     estimate_sens_from_blades,
+    estimate_snr,
     image_metrics,
     reconstruct,
     simulate_acquisition,
@@ -67,6 +69,8 @@ __all__ = [
     "train",
     "save_model",
     "load_model",
+    "NoiseMatched",
+    "load_noise_matched",
     "conventional",
     "evaluate",
     "pretrain",
@@ -245,6 +249,77 @@ def load_model(path: str | os.PathLike[str], info: str | os.PathLike[str] | None
     return net, meta
 
 
+class NoiseMatched:
+    """Networks trained at different SNRs; every acquisition is reconstructed by the one nearest its own SNR.
+
+    The SNR is estimated from the acquisition alone (:func:`medssl.mri.estimate_sample_sigma` on the outer
+    readout samples, :func:`medssl.mri.estimate_snr` for the image-domain ratio) and matched on a log scale, so
+    between networks trained at SNR 10 and 20 the switch is at 14.1.
+
+    Args:
+        networks: ``{training SNR: network}``.
+        names: ``{training SNR: checkpoint name}`` for reports.
+    """
+
+    def __init__(self, networks: dict[float, UnrolledRecon], names: dict[float, str] | None = None) -> None:
+        if not networks:
+            raise ValueError("no networks")
+        self.networks = {float(k): v for k, v in sorted(networks.items())}
+        self.names = {float(k): str(v) for k, v in (names or {}).items()}
+
+    @property
+    def snrs(self) -> list[float]:
+        """The training SNRs, ascending."""
+        return list(self.networks)
+
+    def choose(self, snr: float) -> float:
+        """The training SNR nearest ``snr`` on a log scale (the lowest for ``snr <= 0``, the highest for inf)."""
+        if not snr > 0:
+            return self.snrs[0]
+        if math.isinf(snr):
+            return self.snrs[-1]
+        return min(self.snrs, key=lambda s: abs(math.log(s) - math.log(snr)))
+
+    @staticmethod
+    def estimate(op: PropellerOperator, kspace: torch.Tensor, geometry: PropellerGeometry) -> float:
+        """The SNR of blades ``kspace`` (``[C, n_used, n_lines, n_readout]``; ``op`` carries the coil maps)."""
+        sigma = estimate_sample_sigma(kspace)
+        return estimate_snr(op, kspace.reshape(1, kspace.shape[0], -1), sigma,
+                            oversampling=geometry.n_readout / geometry.im_size)
+
+    def select(self, op: PropellerOperator, kspace: torch.Tensor, geometry: PropellerGeometry
+               ) -> tuple[UnrolledRecon, float, float]:
+        """``(network, estimated SNR, its training SNR)`` for blades ``kspace`` (see :meth:`estimate`)."""
+        est = self.estimate(op, kspace, geometry)
+        snr = self.choose(est)
+        return self.networks[snr], est, snr
+
+    def to(self, device: torch.device | str) -> NoiseMatched:
+        """Move every network to ``device`` (in place); returns self."""
+        for net in self.networks.values():
+            net.to(device)
+        return self
+
+
+def load_noise_matched(paths: Sequence[str | os.PathLike[str]]) -> NoiseMatched:
+    """:class:`NoiseMatched` from checkpoints whose ``.json`` each names exactly one training SNR."""
+    nets: dict[float, UnrolledRecon] = {}
+    names: dict[float, str] = {}
+    for path in paths:
+        net, meta = load_model(path)
+        snrs = meta.get("snrs") or []
+        if len(snrs) != 1:
+            raise MedsslError(f"{path}: a noise-matched network must be trained at one SNR; its .json lists "
+                              f"{list(snrs) or 'none'}")
+        snr = float(snrs[0])
+        if snr in nets:
+            raise MedsslError(f"{path}: a second network for SNR {snr:g} (the first: {names[snr]})")
+        nets[snr], names[snr] = net, Path(path).name
+    if not nets:
+        raise MedsslError("no noise-matched checkpoints given")
+    return NoiseMatched(nets, names)
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
@@ -293,17 +368,22 @@ def tune_conventional(
 
 def evaluate(
     acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
-    networks: dict[str, UnrolledRecon] | None = None, conv: dict[str, Any] | None = None,
+    networks: dict[str, UnrolledRecon | NoiseMatched] | None = None, conv: dict[str, Any] | None = None,
     keep_images: bool = False,
 ) -> dict[str, Any]:
     """Metrics of every method on ``acqs`` (per image), optionally the images themselves.
 
+    A :class:`NoiseMatched` value reconstructs every acquisition with the network nearest its estimated SNR.
+
     Returns:
-        ``{"metrics": {method: {metric: [value per acquisition]}}, "images": {method: [magnitude, ...]}}``.
+        ``{"metrics": {method: {metric: [value per acquisition]}}, "images": {method: [magnitude, ...]},
+        "selection": {method: [(estimated SNR, chosen training SNR) per acquisition]}}`` (``selection`` only for
+        noise-matched methods).
     """
     op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, acqs[0]["sens"])
     metrics: dict[str, dict[str, list[float]]] = {}
     images: dict[str, list[np.ndarray]] = {}
+    selection: dict[str, list[tuple[float, float]]] = {}
 
     def add(name: str, img: np.ndarray, a: dict[str, Any]) -> None:
         m = image_metrics(img, a["magnitude"], a["mask"])
@@ -320,11 +400,17 @@ def evaluate(
             for name, img in imgs.items():
                 add(name, img, a)
         for name, net in (networks or {}).items():
+            if isinstance(net, NoiseMatched):
+                net, est, chosen = net.select(o, a["kspace"][:, blades], geometry)
+                selection.setdefault(name, []).append((est, chosen))
             with torch.no_grad():
                 add(name, reconstruct(net, o, y).abs()[0].numpy(), a)
         if keep_images:
             images.setdefault("reference", []).append(a["magnitude"].numpy())
-    return {"metrics": metrics, "images": images}
+    out: dict[str, Any] = {"metrics": metrics, "images": images}
+    if selection:
+        out["selection"] = selection
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- bundle workflows
@@ -435,6 +521,9 @@ class Inference:
         inputs: paths.
         output_dir: where ``<stem>_recon.nii.gz`` and ``<stem>_panel.png`` go.
         checkpoint / model_info: the network (``models/model.pt`` + ``.json``).
+        snr_checkpoints: networks trained at one SNR each (``models/model_snr*.pt``); when given, every input
+            is reconstructed by the one nearest its SNR estimated from the data (:class:`NoiseMatched`) and
+            ``checkpoint`` is not used.
         simulate_blades / snr: blades and SNR for magnitude DICOM / NIfTI inputs (simulation mode).
         blade_fraction: blades used; ``None`` = all of a measured input, half of a simulated one.
         max_size: magnitude images larger than this are resampled down to it (CPU time).
@@ -447,6 +536,7 @@ class Inference:
         checkpoint: str | os.PathLike[str], model_info: str | os.PathLike[str] | None = None,
         simulate_blades: int | None = 16, snr: float | None = 20.0, blade_fraction: float | None = None,
         max_size: int = 256, device: str = "cpu", seed: int = 0, n_coils: int = 8,
+        snr_checkpoints: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         self.inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
         self.output_dir = Path(output_dir)
@@ -460,6 +550,7 @@ class Inference:
             "cuda" if device == "auto" else device)
         self.seed = int(seed)
         self.n_coils = int(n_coils)
+        self.snr_checkpoints = [os.fspath(p) for p in (snr_checkpoints or [])]
 
     # ---- readers -> a common "case": kspace [C, nb, L, M], geometry, sens or None, reference, affine
 
@@ -571,7 +662,8 @@ class Inference:
 
     # ---- reconstruction
 
-    def _reconstruct(self, case: dict[str, Any], net: UnrolledRecon, simulated: bool) -> dict[str, np.ndarray]:
+    def _reconstruct(self, case: dict[str, Any], net: UnrolledRecon | NoiseMatched, simulated: bool
+                     ) -> dict[str, Any]:
         g: PropellerGeometry = case["geometry"]
         frac = self.blade_fraction if self.blade_fraction else (0.5 if simulated else 1.0)
         blades = g.blades(frac)
@@ -585,11 +677,16 @@ class Inference:
         if sens is None:
             sens = estimate_sens_from_blades(op, k[0])
         op = op.with_sens(sens)
+        info: dict[str, str] = {}
+        if isinstance(net, NoiseMatched):
+            matched = net
+            net, est, chosen = matched.select(op, case["kspace"][:, blades], g)
+            info = {"estimated_snr": f"{est:.1f}", "network": matched.names.get(chosen, f"trained at SNR {chosen:g}")}
         dev = torch.device(self.device)
         with torch.no_grad():
             grid = op.gridding(k).abs()[0].numpy()
             rec = reconstruct(net.to(dev), op.to(dev), k.to(dev)).abs()[0].cpu().numpy()
-        return {"gridding": grid, "recon": rec, "n_blades_used": np.asarray(len(blades))}
+        return {"gridding": grid, "recon": rec, "n_blades_used": np.asarray(len(blades)), "info": info}
 
     def _panel(self, path: Path, case: dict[str, Any], out: dict[str, np.ndarray]) -> Path:
         import matplotlib
@@ -617,8 +714,10 @@ class Inference:
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         n_used = int(out["n_blades_used"])
-        fig.suptitle(f"{path.name}: {case['kind']}; reconstructed from {n_used} of {case['geometry'].n_blades} "
-                     "blades", fontsize=9)
+        title = f"{path.name}: {case['kind']}; reconstructed from {n_used} of {case['geometry'].n_blades} blades"
+        if out.get("info"):
+            title += f"\nSNR estimated from the data {out['info']['estimated_snr']}: network {out['info']['network']}"
+        fig.suptitle(title, fontsize=9)
         dest = self.output_dir / f"{_stem(path)}_panel.png"
         with atomic_path(dest) as tmp:
             fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
@@ -630,7 +729,11 @@ class Inference:
         from medssl.io import write_nifti
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        net, _ = load_model(self.checkpoint, self.model_info)
+        net: UnrolledRecon | NoiseMatched
+        if self.snr_checkpoints:
+            net = load_noise_matched(self.snr_checkpoints)
+        else:
+            net, _ = load_model(self.checkpoint, self.model_info)
         outputs: dict[str, dict[str, str]] = {}
         failed: list[str] = []
         for p in self.inputs:
@@ -645,7 +748,7 @@ class Inference:
                 rec = out["recon"].astype(np.float32)
                 nii = write_nifti(self.output_dir / f"{stem}_recon.nii.gz", rec, case["affine"])
                 png = self._panel(path, case, out)
-                outputs[os.fspath(p)] = {"recon_nifti": os.fspath(nii), "panel_png": os.fspath(png)}
+                outputs[os.fspath(p)] = {"recon_nifti": os.fspath(nii), "panel_png": os.fspath(png), **out["info"]}
             except (InputError, MedsslError) as exc:
                 print(" ".join(str(exc).split()), file=sys.stderr, flush=True)
                 failed.append(str(exc))
