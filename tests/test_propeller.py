@@ -529,3 +529,51 @@ def test_inference_reconstructs_each_input_with_the_network_of_its_snr(tmp_path)
         (out,) = summary["outputs"].values()
         assert out["network"] == expected, out
         assert 0.7 * snr < float(out["estimated_snr"]) < 1.05 * snr
+
+
+def test_inference_config_uses_the_noise_matched_networks_unless_a_checkpoint_is_named(tmp_path):
+    from medssl.bundles import load_bundle_config
+
+    shipped = sorted(p.name for p in (BUNDLE / "models").glob("model_snr*.pt"))
+    if not shipped:
+        pytest.skip("no noise-matched networks in models/")
+    parser = load_bundle_config("propeller_mri_reconstruction", "inference")
+    assert [Path(p).name for p in parser.get_parsed_content("snr_checkpoints")] == shipped
+    parser = load_bundle_config("propeller_mri_reconstruction", "inference")
+    parser["checkpoint"] = str(tmp_path / "mine.pt")
+    assert parser.get_parsed_content("snr_checkpoints") == []
+
+
+def test_shipped_noise_matched_networks_match_their_model_card(shared_data):
+    """models/model_snr10.pt and model_snr20.pt on seed 0's test acquisitions: each acquisition goes to the network
+    of its own SNR, and the PSNR is the one docs/results.json holds."""
+    import importlib
+
+    from medssl.bundles import _use_bundle_scripts
+    from medssl.eval.results import load_results
+
+    paths = sorted((BUNDLE / "models").glob("model_snr*.pt"))
+    if not paths:
+        pytest.skip("no noise-matched networks in models/")
+    _use_bundle_scripts(str(BUNDLE))
+    try:
+        prop = importlib.import_module("scripts.propeller")
+        if not prop.is_full_dataset(shared_data):
+            pytest.skip("../shared/data lacks the study images")
+        matched = prop.load_noise_matched(paths)
+        meta = json.loads(paths[0].with_suffix(".json").read_text())
+        geo = prop.PropellerGeometry(**{k: meta["geometry"][k] for k in ("n_blades", "n_lines", "n_readout",
+                                                                           "im_size")})
+        _, test = prop.study_images(shared_data, geo.im_size)
+        rows = load_results(BUNDLE / "docs" / "results.json")
+        for snr in matched.snrs:
+            acqs = prop.make_acquisitions(test, geo, [snr], seed=2000, n_coils=meta["geometry"]["n_coils"])
+            res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": matched})
+            assert [c for _, c in res["selection"]["self_supervised"]] == [snr] * len(test)
+            ours = float(np.mean(res["metrics"]["self_supervised"]["psnr"]))
+            card = [r["value"] for r in rows if r["task"] == f"propeller_128px_snr{snr:g}_half_blades_noise_matched"
+                    and r["seed"] == 0 and r["method"] == "self_supervised" and r["metric"] == "psnr"]
+            assert len(card) == 1 and abs(ours - card[0]) < 0.05, (snr, ours, card)
+    finally:
+        if str(BUNDLE) in sys.path:
+            sys.path.remove(str(BUNDLE))

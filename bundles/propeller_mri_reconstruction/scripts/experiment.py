@@ -156,7 +156,7 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
         task, size, snr, frac = key
         label = "study"
         if task.endswith("_noise_matched"):
-            names = ", ".join(f"`{m}`" for m in sorted(models.get(key, set())))
+            names = ", ".join(f"`{m}`" for m in sorted({n for ms in models.get(key, set()) for n in ms.split(", ")}))
             label = (f"noise-matched networks {names}: every test acquisition reconstructed by the one nearest its "
                      "SNR estimated from the data, on every seed's test acquisitions")
         elif task.endswith("_model"):
