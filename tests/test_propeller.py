@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -301,6 +302,24 @@ def test_demo_uses_moved_cartesian_recon():
     assert demo.cartesian_recon is data.cartesian_recon
 
 
+@contextlib.contextmanager
+def _study(shared_data):
+    """The bundle's ``scripts.propeller`` with the study images available (else the test is skipped)."""
+    import importlib
+
+    from medssl.bundles import _use_bundle_scripts
+
+    _use_bundle_scripts(str(BUNDLE))
+    try:
+        prop = importlib.import_module("scripts.propeller")
+        if not prop.is_full_dataset(shared_data):
+            pytest.skip("../shared/data lacks the study images")
+        yield prop
+    finally:
+        if str(BUNDLE) in sys.path:
+            sys.path.remove(str(BUNDLE))
+
+
 def test_metadata_validates_and_configs_parse():
     from medssl.bundles import load_bundle_config, verify_metadata
 
@@ -349,27 +368,17 @@ def test_network_def_loads_the_shipped_checkpoint():
 
 def test_shipped_checkpoint_matches_its_model_card(shared_data):
     """The committed network, re-evaluated on the fixed test images, gives the figures docs/results.json holds."""
-    import importlib
-
-    from medssl.bundles import _use_bundle_scripts
     from medssl.eval.results import load_results
 
     if not (BUNDLE / "models" / "model.pt").is_file():
         pytest.skip("no shipped checkpoint in models/")
-    _use_bundle_scripts(str(BUNDLE))
-    try:
-        prop = importlib.import_module("scripts.propeller")
-        if not prop.is_full_dataset(shared_data):
-            pytest.skip("../shared/data lacks the study images")
+    with _study(shared_data) as prop:
         net, meta = prop.load_model(BUNDLE / "models" / "model.pt")
         geo = prop.PropellerGeometry(**{k: meta["geometry"][k] for k in ("n_blades", "n_lines", "n_readout",
                                                                            "im_size")})
         _, test = prop.study_images(shared_data, geo.im_size)
         acqs = prop.make_acquisitions(test, geo, [10.0], seed=2000, n_coils=meta["geometry"]["n_coils"])
         res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": net})["metrics"]
-    finally:
-        if str(BUNDLE) in sys.path:
-            sys.path.remove(str(BUNDLE))
     ours = float(np.mean(res["self_supervised"]["psnr"]))
     # gridding from the same acquisitions, computed here (no network): the network removes most of the noise
     op = PropellerOperator(geo.trajectory(geo.blades(0.5)), geo.im_size, acqs[0]["sens"])
@@ -385,19 +394,8 @@ def test_shipped_checkpoint_matches_its_model_card(shared_data):
 
 
 def test_fixed_split_on_shared_data(shared_data):
-    import importlib
-
-    from medssl.bundles import _use_bundle_scripts
-
-    _use_bundle_scripts(str(BUNDLE))
-    try:
-        prop = importlib.import_module("scripts.propeller")
-        if not prop.is_full_dataset(shared_data):
-            pytest.skip("../shared/data lacks the study images")
+    with _study(shared_data) as prop:
         train, test = prop.study_images(shared_data, 128)
-    finally:
-        if str(BUNDLE) in sys.path:
-            sys.path.remove(str(BUNDLE))
     assert len(train) == 45 and len(test) == 4
     assert not {n for n, _ in train} & {n for n, _ in test}
 
@@ -547,19 +545,12 @@ def test_inference_config_uses_the_noise_matched_networks_unless_a_checkpoint_is
 def test_shipped_noise_matched_networks_match_their_model_card(shared_data):
     """models/model_snr10.pt and model_snr20.pt on seed 0's test acquisitions: each acquisition goes to the network
     of its own SNR, and the PSNR is the one docs/results.json holds."""
-    import importlib
-
-    from medssl.bundles import _use_bundle_scripts
     from medssl.eval.results import load_results
 
     paths = sorted((BUNDLE / "models").glob("model_snr*.pt"))
     if not paths:
         pytest.skip("no noise-matched networks in models/")
-    _use_bundle_scripts(str(BUNDLE))
-    try:
-        prop = importlib.import_module("scripts.propeller")
-        if not prop.is_full_dataset(shared_data):
-            pytest.skip("../shared/data lacks the study images")
+    with _study(shared_data) as prop:
         matched = prop.load_noise_matched(paths)
         meta = json.loads(paths[0].with_suffix(".json").read_text())
         geo = prop.PropellerGeometry(**{k: meta["geometry"][k] for k in ("n_blades", "n_lines", "n_readout",
@@ -574,6 +565,3 @@ def test_shipped_noise_matched_networks_match_their_model_card(shared_data):
             card = [r["value"] for r in rows if r["task"] == f"propeller_128px_snr{snr:g}_half_blades_noise_matched"
                     and r["seed"] == 0 and r["method"] == "self_supervised" and r["metric"] == "psnr"]
             assert len(card) == 1 and abs(ours - card[0]) < 0.05, (snr, ours, card)
-    finally:
-        if str(BUNDLE) in sys.path:
-            sys.path.remove(str(BUNDLE))
