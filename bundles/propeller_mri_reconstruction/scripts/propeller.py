@@ -294,12 +294,6 @@ class NoiseMatched:
         snr = self.choose(est)
         return self.networks[snr], est, snr
 
-    def to(self, device: torch.device | str) -> NoiseMatched:
-        """Move every network to ``device`` (in place); returns self."""
-        for net in self.networks.values():
-            net.to(device)
-        return self
-
 
 def load_noise_matched(paths: Sequence[str | os.PathLike[str]]) -> NoiseMatched:
     """:class:`NoiseMatched` from checkpoints whose ``.json`` each names exactly one training SNR."""
