@@ -49,6 +49,10 @@ def _dispatch(path: Path, probe: bool = False) -> Record:
         from medssl.io.kspace import read_twix
 
         return read_twix(path)
+    if suffix in (".h5", ".mrd", ".ismrmrd"):
+        from medssl.io.kspace import read_ismrmrd
+
+        return read_ismrmrd(path)
     if suffix == ".npz":
         from medssl.io.kspace import read_kspace_npz
 
@@ -90,7 +94,8 @@ def load(path: str | os.PathLike[str]) -> Record:
 
     Supported: DICOM (single/multi-frame, enhanced, series folders, DICOMDIR, ECG waveform, ``.dcm.gz``),
     NIfTI-1/2, WFDB (``.hea``), PNG/JPEG/TIFF, ITK formats (.mha/.nrrd), Siemens twix ``.dat``,
-    k-space ``.npz``, video (``.avi``, ``.mp4``, ``.mov``, ``.m4v``, ``.mkv``, ``.webm`` through PyAV).
+    ISMRMRD raw data (``.h5``, ``.mrd``), k-space ``.npz``, video (``.avi``, ``.mp4``, ``.mov``, ``.m4v``,
+    ``.mkv``, ``.webm`` through PyAV).
 
     Args:
         path: file or folder.

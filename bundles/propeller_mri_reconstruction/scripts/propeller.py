@@ -509,7 +509,7 @@ def _lines_for(im_size: int) -> int:
 
 
 class Inference:
-    """``medssl infer propeller_mri_reconstruction``: .npz blades, twix raw data, or simulation from magnitude.
+    """``medssl infer propeller_mri_reconstruction``: blades (.npz, ISMRMRD), Cartesian raw data, or simulation.
 
     Args:
         inputs: paths.
@@ -557,19 +557,26 @@ class Inference:
         if angles is None or np.asarray(angles).size != nb:
             raise InputError(path, f"'angles' must hold one angle (radians) per blade ({nb})")
         sens = rec.aux.get("sens")
-        n = int(sens.shape[-1]) if sens is not None else nr
+        size = rec.aux["image_size"] if "image_size" in rec.aux else (rec.meta.extra or {}).get("image_size")
+        n = int(sens.shape[-1]) if sens is not None else int(np.asarray(size).reshape(-1)[0]) if size else nr
         if sens is not None and tuple(sens.shape) != (c, n, n):
             raise InputError(path, f"'sens' must be [coils, N, N] = [{c}, N, N], got {tuple(sens.shape)}")
         if not np.isfinite(k).all():
             raise InputError(path, "k-space holds NaN or infinite values")
+        traj = rec.aux.get("trajectory")  # measured coordinates (ISMRMRD); else the standard blade pattern
+        if traj is not None and tuple(traj.shape) != (nb, nl, nr, 2):
+            raise InputError(path, f"'trajectory' must be [blades, lines, readout, 2], got {tuple(traj.shape)}")
         geometry = PropellerGeometry(nb, nl, nr, n)
+        fmt = rec.meta.source.format
         return {"kspace": torch.from_numpy(k.astype(np.complex64)), "geometry": geometry,
                 "angles": torch.as_tensor(np.asarray(angles, np.float32)).reshape(-1),
+                "coords": None if traj is None else torch.from_numpy(np.asarray(traj, np.float32)),
                 "sens": None if sens is None else torch.from_numpy(np.asarray(sens, np.complex64)),
-                "reference": None, "affine": None, "kind": "measured blades (.npz)"}
+                "reference": None, "affine": None, "kind": f"measured blades (.{fmt})" if fmt == "npz" else
+                f"measured PROPELLER blades ({fmt}, {c} coils)"}
 
     def _case_twix(self, rec: Any, path: Path) -> dict[str, Any]:
-        """Cartesian raw data (twix, or an .npz with coil / line / readout axes) resampled onto 16 blades."""
+        """Cartesian raw data (twix, ISMRMRD, or an .npz with coil / line / readout axes) resampled onto 16 blades."""
         osf = (rec.meta.extra or {}).get("readout_oversampling")
         if not osf:  # twix stores it; for a bare .npz assume 2x when the readout is twice the lines (Siemens)
             ax = tuple(rec.meta.axes)
@@ -642,7 +649,7 @@ class Inference:
         rec = load(path)
         fmt = rec.meta.source.format.lower()
         if rec.meta.modality == "KSPACE":
-            if fmt == "twix":
+            if fmt == "twix" or (fmt == "ismrmrd" and "angles" not in rec.aux):
                 return self._case_twix(rec, path)
             if "angles" in rec.aux:
                 return self._case_npz(rec, path)
@@ -663,7 +670,9 @@ class Inference:
         blades = g.blades(frac)
         from medssl.transforms.kspace import propeller_coordinates
 
-        coords = propeller_coordinates(g.n_blades, g.n_lines, g.n_readout, g.im_size, case["angles"])
+        coords = case.get("coords")
+        if coords is None:
+            coords = propeller_coordinates(g.n_blades, g.n_lines, g.n_readout, g.im_size, case["angles"])
         traj = coords[blades].reshape(-1, 2).T.contiguous()
         k = case["kspace"][:, blades].reshape(1, case["kspace"].shape[0], -1)
         op = PropellerOperator(traj, g.im_size, None)
