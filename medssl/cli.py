@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help=_VERBS["info"], description=_VERBS["info"])
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM file/folder/DICOMDIR, NIfTI, WFDB .hea, "
-                   "PNG/JPEG/TIFF, AVI/MP4 video, twix .dat or .npz k-space")
+                   "PNG/JPEG/TIFF, AVI/MP4 video, twix .dat, ISMRMRD .h5 or .npz k-space")
 
     p = sub.add_parser("pretrain", help=_VERBS["pretrain"], description=_VERBS["pretrain"])
     p.add_argument("bundle", metavar="BUNDLE")

@@ -74,6 +74,8 @@ __all__ = [
     "conventional",
     "evaluate",
     "pretrain",
+    "measured_acquisitions",
+    "read_kspace_case",
     "Inference",
 ]
 
@@ -184,15 +186,20 @@ def build_network(**overrides: Any) -> UnrolledRecon:
 
 
 def build_method(method: str, network: UnrolledRecon, geometry: PropellerGeometry, blades: torch.Tensor,
-                 seed: int = 0, split: str = "interleaved", augment: bool = False) -> torch.nn.Module:
-    """The training objective ``method`` over the blades in use (``augment``: random exact rotations / flips)."""
-    traj = geometry.trajectory(blades)
+                 seed: int = 0, split: str = "interleaved", augment: bool = False,
+                 coords: torch.Tensor | None = None) -> torch.nn.Module:
+    """The training objective ``method`` over the blades in use (``augment``: random exact rotations / flips).
+
+    ``coords`` ``[blades, lines, readout, 2]``: measured sample positions of all blades (default: the standard
+    blade pattern of ``geometry``).
+    """
+    used = geometry.coordinates(blades) if coords is None else coords[torch.as_tensor(blades, dtype=torch.long)]
+    traj = used.reshape(-1, 2).T.contiguous()
     shape = geometry.sample_shape(len(blades))
     if method == "self_supervised":
         return ReadoutSplitSSL(network, traj, shape, geometry.im_size, mode=split, augment=augment)
     if method == "ssdu":
-        return SSDU(network, traj, shape, geometry.im_size, coords=geometry.coordinates(blades), rho=0.4, seed=seed,
-                    augment=augment)
+        return SSDU(network, traj, shape, geometry.im_size, coords=used, rho=0.4, seed=seed, augment=augment)
     if method == "supervised":
         return SupervisedRecon(network, traj, geometry.im_size, augment=augment)
     raise ValueError(f"unknown trained method {method!r}; one of {TRAINED}")
@@ -422,8 +429,71 @@ def _flag(value: bool | str | int, name: str) -> bool:
     return bool(value)
 
 
+KSPACE_SUFFIXES = (".npz", ".dat", ".h5", ".mrd", ".ismrmrd")
+
+
+def measured_acquisitions(
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], blade_fraction: float = 1.0,
+) -> tuple[list[dict[str, Any]], PropellerGeometry, torch.Tensor]:
+    """Your own raw k-space as training acquisitions: every blade / Cartesian file in ``data`` (folder or files).
+
+    All files must share one blade pattern (blades, lines, readout, matrix and angles), since the training
+    objective is built on one trajectory; Cartesian files are resampled onto 16 blades as in inference. Coil maps
+    come from the file (``sens``) or are estimated from the centres of the blades in use, as at inference. The
+    SNR of each acquisition is estimated from its own samples (:func:`medssl.mri.estimate_snr`).
+
+    Returns:
+        ``(acquisitions [{"kspace", "sens", "snr"}], geometry, coordinates [blades, lines, readout, 2])``.
+
+    Raises:
+        InputError: naming the folder when it holds no k-space file, or the file that cannot be used or does not
+            match the first file's blade pattern.
+    """
+    from medssl.transforms.kspace import propeller_coordinates
+
+    items = [data] if isinstance(data, str | os.PathLike) else list(data)
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(KSPACE_SUFFIXES)
+                           and not p.name.startswith("."))
+            if not found:
+                raise InputError(item, f"no raw k-space files ({', '.join(KSPACE_SUFFIXES)}) to train on")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise InputError(item, "file or folder not found")
+    acqs: list[dict[str, Any]] = []
+    geometry: PropellerGeometry | None = None
+    coords: torch.Tensor | None = None
+    for path in paths:
+        case = read_kspace_case(path)
+        g: PropellerGeometry = case["geometry"]
+        c = case["coords"]
+        if c is None:
+            c = propeller_coordinates(g.n_blades, g.n_lines, g.n_readout, g.im_size, case["angles"])
+        if geometry is None:
+            geometry, coords, first = g, c, path
+        elif g != geometry or float((c - coords).abs().max()) > 1e-3:
+            raise InputError(path, f"blade pattern {g.n_blades} x {g.n_lines} x {g.n_readout} at {g.im_size}² (or its "
+                                   f"angles) differs from {first.name}'s {geometry.n_blades} x {geometry.n_lines} x "
+                                   f"{geometry.n_readout} at {geometry.im_size}²; train on one protocol at a time")
+        blades = g.blades(blade_fraction)
+        op = PropellerOperator(c[blades].reshape(-1, 2).T.contiguous(), g.im_size, None)
+        k = case["kspace"]
+        y = k[:, blades].reshape(k.shape[0], -1)
+        sens = case["sens"] if case["sens"] is not None else estimate_sens_from_blades(op, y)
+        op = op.with_sens(sens)
+        snr = NoiseMatched.estimate(op, k[:, blades], g)
+        acqs.append({"kspace": k, "sens": sens, "snr": snr})
+    assert geometry is not None and coords is not None
+    return acqs, geometry, coords
+
+
 def pretrain(
-    data: str | os.PathLike[str], output_dir: str | os.PathLike[str], method: str = "self_supervised",
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str],
+    method: str = "self_supervised",
     blade_fraction: float = 0.5, snrs: Sequence[float] = (10.0, 20.0), max_steps: int = 300, im_size: int = 128,
     n_blades: int = 16, n_lines: int = 12, n_coils: int = 8, lr: float = 1e-3, n_readout: int | None = None,
     batch_size: int = 1, seed: int = 0,
@@ -434,7 +504,10 @@ def pretrain(
     """Train the network on the training images' simulated noisy blades; writes ``output_dir/model.pt``.
 
     Args:
-        data: ``../shared/data`` (the fixed split) or ``"samples"``.
+        data: ``../shared/data`` (the fixed split: simulated blades of its images), ``"samples"`` (a smoke run on
+            the shipped image), or your own raw k-space: a folder of blade ``.npz`` / ISMRMRD / twix files, or a
+            list of files (:func:`measured_acquisitions`; self-supervised or SSDU only, geometry from the files,
+            the network's SNR = the median of the estimated SNRs).
         output_dir: run folder (Trainer logs, ``model.pt`` + ``model.json``).
         method: ``self_supervised`` (readout split), ``ssdu`` or ``supervised`` (clean targets).
         blade_fraction: fraction of the blades used (every other blade at 0.5).
@@ -463,35 +536,52 @@ def pretrain(
     """
     t0 = time.time()
     augment = _flag(augment, "augment")
-    geometry = PropellerGeometry(n_blades, n_lines, n_readout or 2 * im_size, im_size)
-    train_imgs, test_imgs = study_images(data, im_size)
-    if train_limit:
-        train_imgs = train_imgs[: int(train_limit)]
-    if method == "supervised" and label_fraction < 1.0:
-        g = torch.Generator().manual_seed(seed)
-        keep = max(1, int(round(label_fraction * len(train_imgs))))
-        idx = sorted(torch.randperm(len(train_imgs), generator=g)[:keep].tolist())
-        train_imgs = [train_imgs[i] for i in idx]
+    measured = isinstance(data, list | tuple) or not (os.fspath(data) == "samples" or is_full_dataset(data))
+    coords = None
+    if measured:  # the user's own raw k-space: no clean images, no simulation
+        if method == "supervised":
+            raise MedsslError("supervised training needs clean images; measured k-space has none "
+                              "(use method self_supervised or ssdu)")
+        acqs, geometry, coords = measured_acquisitions(data, blade_fraction)
+        if batch_size > 1 and len({tuple(a["kspace"].shape) for a in acqs}) > 1:
+            raise MedsslError("the files differ in coil count: train with batch_size 1")
+        train_imgs, test_imgs = [], []
+        snrs = [round(float(np.median([a["snr"] for a in acqs])), 1)]  # what load_noise_matched files it under
+        n_coils = int(acqs[0]["kspace"].shape[0])
+        evaluate_test = False
+    else:
+        geometry = PropellerGeometry(n_blades, n_lines, n_readout or 2 * im_size, im_size)
+        train_imgs, test_imgs = study_images(data, im_size)
+        if train_limit:
+            train_imgs = train_imgs[: int(train_limit)]
+        if method == "supervised" and label_fraction < 1.0:
+            g = torch.Generator().manual_seed(seed)
+            keep = max(1, int(round(label_fraction * len(train_imgs))))
+            idx = sorted(torch.randperm(len(train_imgs), generator=g)[:keep].tolist())
+            train_imgs = [train_imgs[i] for i in idx]
+        acqs = make_acquisitions(train_imgs, geometry, snrs, seed=1000 + seed, n_coils=n_coils)
     torch.manual_seed(seed)
     blades = geometry.blades(blade_fraction)
-    acqs = make_acquisitions(train_imgs, geometry, snrs, seed=1000 + seed, n_coils=n_coils)
     net = build_network(**(network or {}))
     if init_checkpoint:
         net, _ = load_model(init_checkpoint)
-    m = build_method(method, net, geometry, blades, seed=seed, augment=augment)
+    m = build_method(method, net, geometry, blades, seed=seed, augment=augment, coords=coords)
     hist = train(m, BladeDataset(acqs, blades), output_dir, max_steps, lr=lr, batch_size=batch_size, seed=seed,
                  device=device, resume=resume)
     losses = hist.get("loss", [])
     info = {"method": method, "blade_fraction": blade_fraction, "snrs": list(snrs), "steps": max_steps,
-            "geometry": {"n_blades": n_blades, "n_lines": n_lines, "n_readout": geometry.n_readout, "im_size": im_size,
-                         "n_coils": n_coils},
+            "geometry": {"n_blades": geometry.n_blades, "n_lines": geometry.n_lines, "n_readout": geometry.n_readout,
+                         "im_size": geometry.im_size, "n_coils": n_coils},
             "train_images": [n for n, _ in train_imgs], "seed": seed, "readout_split": "interleaved",
             "init": init_checkpoint or "scratch", "augment": "dihedral" if augment else "none"}
+    if measured:  # file names are not kept: they may carry identifiers
+        info.update({"train_data": "measured k-space", "train_acquisitions": len(acqs),
+                     "estimated_snrs": [round(float(a["snr"]), 2) for a in acqs]})
     path = save_model(Path(output_dir) / "model.pt", net, info)
     k = max(1, min(10, len(losses) // 2))
     out = {"model": os.fspath(path), "loss_first": float(np.mean(losses[:k])) if losses else math.nan,
            "loss_last": float(np.mean(losses[-k:])) if losses else math.nan, "seconds": round(time.time() - t0, 1),
-           "train_images": len(train_imgs), "losses": [round(v, 6) for v in losses]}
+           "train_images": len(train_imgs) or len(acqs), "losses": [round(v, 6) for v in losses]}
     if evaluate_test:
         net.eval()
         test = make_acquisitions(test_imgs, geometry, snrs[:1], seed=2000 + seed, n_coils=n_coils)
@@ -506,6 +596,89 @@ def pretrain(
 def _lines_for(im_size: int) -> int:
     """Blade width used for measured / simulated inputs: 24 lines at 256² (3/32 of k-space), at least 4."""
     return max(4, int(round(24 * im_size / 256)))
+
+
+def _case_blades(rec: Any, path: Path) -> dict[str, Any]:
+    """Measured PROPELLER blades (.npz keys or ISMRMRD with a trajectory) as a reconstruction case."""
+    k = np.asarray(rec.array)
+    if k.ndim != 4 or not np.iscomplexobj(k):
+        raise InputError(path, f"'kspace' must be complex [coils, blades, lines, readout], got {k.dtype} {k.shape}")
+    c, nb, nl, nr = k.shape
+    angles = rec.aux.get("angles")
+    if angles is None or np.asarray(angles).size != nb:
+        raise InputError(path, f"'angles' must hold one angle (radians) per blade ({nb})")
+    sens = rec.aux.get("sens")
+    size = rec.aux["image_size"] if "image_size" in rec.aux else (rec.meta.extra or {}).get("image_size")
+    n = int(sens.shape[-1]) if sens is not None else int(np.asarray(size).reshape(-1)[0]) if size else nr
+    if sens is not None and tuple(sens.shape) != (c, n, n):
+        raise InputError(path, f"'sens' must be [coils, N, N] = [{c}, N, N], got {tuple(sens.shape)}")
+    if not np.isfinite(k).all():
+        raise InputError(path, "k-space holds NaN or infinite values")
+    traj = rec.aux.get("trajectory")  # measured coordinates (ISMRMRD); else the standard blade pattern
+    if traj is not None and tuple(traj.shape) != (nb, nl, nr, 2):
+        raise InputError(path, f"'trajectory' must be [blades, lines, readout, 2], got {tuple(traj.shape)}")
+    geometry = PropellerGeometry(nb, nl, nr, n)
+    fmt = rec.meta.source.format
+    return {"kspace": torch.from_numpy(k.astype(np.complex64)), "geometry": geometry,
+            "angles": torch.as_tensor(np.asarray(angles, np.float32)).reshape(-1),
+            "coords": None if traj is None else torch.from_numpy(np.asarray(traj, np.float32)),
+            "sens": None if sens is None else torch.from_numpy(np.asarray(sens, np.complex64)),
+            "reference": None, "affine": None, "kind": f"measured blades (.{fmt})" if fmt == "npz" else
+            f"measured PROPELLER blades ({fmt}, {c} coils)"}
+
+def _case_cartesian(rec: Any, path: Path) -> dict[str, Any]:
+    """Cartesian raw data (twix, ISMRMRD, or an .npz with coil / line / readout axes) resampled onto 16 blades."""
+    osf = (rec.meta.extra or {}).get("readout_oversampling")
+    if not osf:  # twix stores it; for a bare .npz assume 2x when the readout is twice the lines (Siemens)
+        ax = tuple(rec.meta.axes)
+        n_ro, n_ln = rec.array.shape[ax.index("readout")], rec.array.shape[ax.index("line")]
+        osf = 2.0 if rec.meta.source.format == "twix" or n_ro >= 2 * n_ln else 1.0
+    osf = float(osf)
+    coil_imgs = cartesian_coil_images(np.asarray(rec.array), rec.meta.axes, osf)
+    ref = cartesian_recon(np.asarray(rec.array), rec.meta.axes, osf)
+    n = max(coil_imgs.shape[1:])
+    n += n % 4
+    geometry = PropellerGeometry(16, _lines_for(n), 2 * n, n)  # readout 2x oversampled, as acquired
+    k, _ = cartesian_to_blades(coil_imgs, geometry)
+    h, w = ref.shape
+    sq = np.zeros((n, n), np.float32)
+    sq[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = ref
+    return {"kspace": k, "geometry": geometry, "angles": None, "sens": None, "reference": sq, "affine": None,
+            "kind": f"Cartesian {rec.meta.source.format} raw data, {coil_imgs.shape[0]} coils, resampled onto "
+                    "16 blades (reference: Cartesian RSS)"}
+
+
+
+def _kspace_case(rec: Any, path: Path) -> dict[str, Any]:
+    fmt = rec.meta.source.format.lower()
+    if fmt == "twix" or (fmt == "ismrmrd" and "angles" not in rec.aux):
+        return _case_cartesian(rec, path)
+    if "angles" in rec.aux:
+        return _case_blades(rec, path)
+    if all(a in rec.meta.axes for a in ("coil", "line", "readout")):
+        return _case_cartesian(rec, path)
+    raise InputError(path, "k-space .npz without PROPELLER keys (need 'kspace' [coils, blades, lines, "
+                           "readout] and 'angles') or Cartesian coil / line / readout axes")
+
+
+def read_kspace_case(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Measured k-space (blade ``.npz``, ISMRMRD, twix or Cartesian ``.npz``) as a reconstruction case.
+
+    Returns:
+        ``{"kspace": [C, blades, lines, readout], "geometry", "angles", "coords" (measured or None), "sens" (or
+        None), "reference" (Cartesian RSS or None), "affine", "kind"}``.
+
+    Raises:
+        InputError: naming the file, when it is not k-space or cannot be used.
+    """
+    from medssl.io import load
+
+    path = Path(path)
+    rec = load(path)
+    if rec.meta.modality != "KSPACE":
+        raise InputError(path, f"not raw k-space ({rec.meta.modality}); training on measured data needs "
+                               "blade .npz, ISMRMRD or twix files")
+    return _kspace_case(rec, path)
 
 
 class Inference:
@@ -547,54 +720,6 @@ class Inference:
         self.snr_checkpoints = [os.fspath(p) for p in (snr_checkpoints or [])]
 
     # ---- readers -> a common "case": kspace [C, nb, L, M], geometry, sens or None, reference, affine
-
-    def _case_npz(self, rec: Any, path: Path) -> dict[str, Any]:
-        k = np.asarray(rec.array)
-        if k.ndim != 4 or not np.iscomplexobj(k):
-            raise InputError(path, f"'kspace' must be complex [coils, blades, lines, readout], got {k.dtype} {k.shape}")
-        c, nb, nl, nr = k.shape
-        angles = rec.aux.get("angles")
-        if angles is None or np.asarray(angles).size != nb:
-            raise InputError(path, f"'angles' must hold one angle (radians) per blade ({nb})")
-        sens = rec.aux.get("sens")
-        size = rec.aux["image_size"] if "image_size" in rec.aux else (rec.meta.extra or {}).get("image_size")
-        n = int(sens.shape[-1]) if sens is not None else int(np.asarray(size).reshape(-1)[0]) if size else nr
-        if sens is not None and tuple(sens.shape) != (c, n, n):
-            raise InputError(path, f"'sens' must be [coils, N, N] = [{c}, N, N], got {tuple(sens.shape)}")
-        if not np.isfinite(k).all():
-            raise InputError(path, "k-space holds NaN or infinite values")
-        traj = rec.aux.get("trajectory")  # measured coordinates (ISMRMRD); else the standard blade pattern
-        if traj is not None and tuple(traj.shape) != (nb, nl, nr, 2):
-            raise InputError(path, f"'trajectory' must be [blades, lines, readout, 2], got {tuple(traj.shape)}")
-        geometry = PropellerGeometry(nb, nl, nr, n)
-        fmt = rec.meta.source.format
-        return {"kspace": torch.from_numpy(k.astype(np.complex64)), "geometry": geometry,
-                "angles": torch.as_tensor(np.asarray(angles, np.float32)).reshape(-1),
-                "coords": None if traj is None else torch.from_numpy(np.asarray(traj, np.float32)),
-                "sens": None if sens is None else torch.from_numpy(np.asarray(sens, np.complex64)),
-                "reference": None, "affine": None, "kind": f"measured blades (.{fmt})" if fmt == "npz" else
-                f"measured PROPELLER blades ({fmt}, {c} coils)"}
-
-    def _case_twix(self, rec: Any, path: Path) -> dict[str, Any]:
-        """Cartesian raw data (twix, ISMRMRD, or an .npz with coil / line / readout axes) resampled onto 16 blades."""
-        osf = (rec.meta.extra or {}).get("readout_oversampling")
-        if not osf:  # twix stores it; for a bare .npz assume 2x when the readout is twice the lines (Siemens)
-            ax = tuple(rec.meta.axes)
-            n_ro, n_ln = rec.array.shape[ax.index("readout")], rec.array.shape[ax.index("line")]
-            osf = 2.0 if rec.meta.source.format == "twix" or n_ro >= 2 * n_ln else 1.0
-        osf = float(osf)
-        coil_imgs = cartesian_coil_images(np.asarray(rec.array), rec.meta.axes, osf)
-        ref = cartesian_recon(np.asarray(rec.array), rec.meta.axes, osf)
-        n = max(coil_imgs.shape[1:])
-        n += n % 4
-        geometry = PropellerGeometry(16, _lines_for(n), 2 * n, n)  # readout 2x oversampled, as acquired
-        k, _ = cartesian_to_blades(coil_imgs, geometry)
-        h, w = ref.shape
-        sq = np.zeros((n, n), np.float32)
-        sq[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = ref
-        return {"kspace": k, "geometry": geometry, "angles": None, "sens": None, "reference": sq, "affine": None,
-                "kind": f"Cartesian {rec.meta.source.format} raw data, {coil_imgs.shape[0]} coils, resampled onto "
-                        "16 blades (reference: Cartesian RSS)"}
 
     def _case_magnitude(self, rec: Any, path: Path) -> dict[str, Any]:
         if not self.simulate_blades or not self.snr:
@@ -647,16 +772,8 @@ class Inference:
         from medssl.io import load
 
         rec = load(path)
-        fmt = rec.meta.source.format.lower()
         if rec.meta.modality == "KSPACE":
-            if fmt == "twix" or (fmt == "ismrmrd" and "angles" not in rec.aux):
-                return self._case_twix(rec, path)
-            if "angles" in rec.aux:
-                return self._case_npz(rec, path)
-            if all(a in rec.meta.axes for a in ("coil", "line", "readout")):
-                return self._case_twix(rec, path)
-            raise InputError(path, "k-space .npz without PROPELLER keys (need 'kspace' [coils, blades, lines, "
-                                   "readout] and 'angles') or Cartesian coil / line / readout axes")
+            return _kspace_case(rec, path)
         if rec.meta.modality in ("ECG", "SEG", "RTDOSE") or rec.meta.sampling_rate:
             raise InputError(path, f"not an MR image or k-space ({rec.meta.modality})")
         return self._case_magnitude(rec, path)
