@@ -630,3 +630,22 @@ def test_pretrain_on_your_own_measured_blades(tmp_path):
         prop.pretrain(data=tmp_path / "empty", output_dir=tmp_path / "x", max_steps=1)
     with pytest.raises(MedsslError, match="supervised training needs clean images"):
         prop.pretrain(data=tmp_path / "raw", output_dir=tmp_path / "x", method="supervised", max_steps=1)
+
+
+def test_evaluate_with_estimated_coil_maps_uses_them_for_every_method():
+    """``experiment.py --estimated-sens``: each method sees the maps estimated from the blades in use."""
+    prop = _propeller_module()
+    geo = PropellerGeometry(8, 6, 128, 64)
+    train, _ = prop.study_images("samples", 64)
+    acqs = prop.make_acquisitions(train[:2], geo, [20.0], seed=5, n_coils=4)
+    blades = geo.blades(0.5)
+    conv = {"lam": 0.1, "n_iter": 5, "denoiser": "nlm", "strength": 0.8}
+    net = {"self_supervised": prop.build_network(n_unrolls=1, cg_iters=2, channels=[4, 8])}
+    est = prop.evaluate(acqs, geo, blades, networks=net, conv=conv, estimated_sens=True)["metrics"]
+    true = prop.evaluate(acqs, geo, blades, networks=net, conv=conv)["metrics"]
+    op = PropellerOperator(geo.trajectory(blades), 64, None)
+    by_hand = [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(4, -1))} for a in acqs]
+    manual = prop.evaluate(by_hand, geo, blades, networks=net, conv=conv)["metrics"]
+    for method in ("gridding", "cg_sense", "cg_sense_denoise", "self_supervised"):
+        np.testing.assert_allclose(est[method]["psnr"], manual[method]["psnr"], rtol=1e-6)
+        assert not np.allclose(est[method]["psnr"], true[method]["psnr"], rtol=1e-4), method

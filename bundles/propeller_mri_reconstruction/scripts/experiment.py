@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "Several checkpoints trained at one SNR each (models/model_snr10.pt models/model_snr20.pt) "
                         "are evaluated noise-matched: every acquisition goes to the network nearest its SNR "
                         "estimated from the data; rows under the task suffix _noise_matched")
+    p.add_argument("--estimated-sens", action="store_true",
+                   help="every method uses coil maps estimated from the blades in use (as on measured data) "
+                        "instead of the true ones; rows under the task suffix _estimated_sens")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
     p.add_argument("--table", nargs="+", default=None, metavar="RESULTS",
                    help="only print the mean ± std tables of these results files together (e.g. one --evaluate "
@@ -151,15 +154,18 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
             models.setdefault(key, set()).add(str(r["model"]))
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
-    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_model") + 2 * k[0].endswith(
-            "_noise_matched"), -k[2], k[3])):
+    def base(task: str) -> str:
+        return task.removesuffix("_estimated_sens")
+
+    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_estimated_sens"), base(k[0]).endswith(
+            "_model") + 2 * base(k[0]).endswith("_noise_matched"), -k[2], k[3])):
         task, size, snr, frac = key
         label = "study"
-        if task.endswith("_noise_matched"):
+        if base(task).endswith("_noise_matched"):
             names = ", ".join(f"`{m}`" for m in sorted({n for ms in models.get(key, set()) for n in ms.split(", ")}))
             label = (f"noise-matched networks {names}: every test acquisition reconstructed by the one nearest its "
                      "SNR estimated from the data, on every seed's test acquisitions")
-        elif task.endswith("_model"):
+        elif base(task).endswith("_model"):
             evaluated = sorted(models.get(key, set()))
             if all(m.endswith("models/model.pt") for m in evaluated):
                 label = "the shipped checkpoint `models/model.pt` on every seed's test acquisitions"
@@ -169,6 +175,8 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
         if "calib" in task:
             label = "calibration, conventional only, " + ("tuned on training images" if "tuned" in task else
                                                           "the issue's settings")
+        if task.endswith("_estimated_sens"):
+            label += "; every method with coil maps estimated from the blades in use, not the true ones"
         out.append(f"**{size}², SNR {snr:g}, {'all' if frac >= 1 else 'half the'} blades** ({label}; `{task}`)\n")
         out.append("| method | PSNR (dB) | SSIM | NMSE | PSNR body (dB) | SSIM body | seeds |")
         out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -297,12 +305,15 @@ def main(argv: list[str] | None = None) -> int:
             conv[(snr, frac)] = P.tune_conventional(pool, geo, geo.blades(frac))
             _log(tuned=True, snr=snr, fraction=frac, **conv[(snr, frac)])
 
+    sens_suffix = "_estimated_sens" if args.estimated_sens else ""
     if "conventional" not in args.skip:
         for s in args.seeds:
             for snr in args.snrs:
                 for frac in args.fractions:
-                    res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), conv=conv[(snr, frac)])
-                    _rows(results, res, size, snr, frac, s, command, extra={"settings": conv[(snr, frac)]})
+                    res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), conv=conv[(snr, frac)],
+                                     estimated_sens=args.estimated_sens)
+                    _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + sens_suffix,
+                          extra={"settings": conv[(snr, frac)]})
                     _log(seed=s, snr=snr, fraction=frac, **{m: float(np.mean(v["psnr"])) for m, v in
                                                             res["metrics"].items()})
 
@@ -310,14 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     if evaluated is not None:
         net, meta = evaluated
         model_name = ", ".join(os.fspath(m) for m in args.evaluate)
-        suffix = "_noise_matched" if isinstance(net, P.NoiseMatched) else "_model"
+        suffix = ("_noise_matched" if isinstance(net, P.NoiseMatched) else "_model") + sens_suffix
         extra = {"model": model_name, "steps": meta.get("steps"), "trained_seed": meta.get("seed")}
         method = str(meta.get("method", "self_supervised"))
         for s in args.seeds:
             for snr in args.snrs:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), networks={method: net},
-                                     conv=conv[(snr, frac)], keep_images=s == args.seeds[0])
+                                     conv=conv[(snr, frac)], keep_images=s == args.seeds[0],
+                                     estimated_sens=args.estimated_sens)
                     chosen = {}
                     if "selection" in res:
                         sel = res["selection"][method]
@@ -327,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     _log(seed=s, snr=snr, fraction=frac, model=model_name, **chosen,
                          **{m: float(np.mean(v["psnr"])) for m, v in res["metrics"].items()})
                     if s == args.seeds[0] and not args.no_figures:
-                        which = "noise-matched models" if suffix == "_noise_matched" else "shipped model"
+                        which = "noise-matched models" if suffix.startswith("_noise_matched") else "shipped model"
                         for i, (name, _) in enumerate(test_imgs):
                             half = "all" if frac >= 1 else "half"
                             figure(figs / f"{suffix[1:]}_{name}_snr{snr:g}_{half}.png", res, i,

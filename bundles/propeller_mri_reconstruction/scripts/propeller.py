@@ -370,11 +370,13 @@ def tune_conventional(
 def evaluate(
     acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
     networks: dict[str, UnrolledRecon | NoiseMatched] | None = None, conv: dict[str, Any] | None = None,
-    keep_images: bool = False,
+    keep_images: bool = False, estimated_sens: bool = False,
 ) -> dict[str, Any]:
     """Metrics of every method on ``acqs`` (per image), optionally the images themselves.
 
     A :class:`NoiseMatched` value reconstructs every acquisition with the network nearest its estimated SNR.
+    ``estimated_sens``: every method uses coil maps estimated from the centres of the blades in use (as on
+    measured data, :func:`medssl.mri.estimate_sens_from_blades`) instead of the simulation's true maps.
 
     Returns:
         ``{"metrics": {method: {metric: [value per acquisition]}}, "images": {method: [magnitude, ...]},
@@ -394,8 +396,8 @@ def evaluate(
             images.setdefault(name, []).append(img)
 
     for a in acqs:
-        o = op.with_sens(a["sens"])
         y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
+        o = op.with_sens(estimate_sens_from_blades(op, y[0]) if estimated_sens else a["sens"])
         if conv is not None:
             imgs = conventional(o, y, conv["lam"], conv["n_iter"], conv["denoiser"], conv["strength"])
             for name, img in imgs.items():
