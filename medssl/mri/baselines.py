@@ -55,12 +55,18 @@ def cg_sense(op: PropellerOperator, kspace: torch.Tensor, lam: float = 0.05, n_i
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Noise sigma of an image from the median absolute finest-scale Haar diagonal coefficient (Donoho's MAD)."""
+    """Noise sigma of an image from the median absolute finest-scale Haar diagonal coefficient (Donoho's MAD).
+
+    2x2 blocks that are exactly zero (e.g. outside the support of estimated coil maps) hold no noise and are left
+    out; an image with no other block has sigma 0.
+    """
     u = np.asarray(image, np.float64)
     h, w = (u.shape[0] // 2) * 2, (u.shape[1] // 2) * 2
     u = u[:h, :w]
     d = (u[0::2, 0::2] - u[1::2, 0::2] - u[0::2, 1::2] + u[1::2, 1::2]) / 2.0
-    return float(np.median(np.abs(d)) / 0.6745)
+    blocks = np.abs(u[0::2, 0::2]) + np.abs(u[1::2, 0::2]) + np.abs(u[0::2, 1::2]) + np.abs(u[1::2, 1::2])
+    d = d[blocks > 0]
+    return float(np.median(np.abs(d)) / 0.6745) if d.size else 0.0
 
 
 def denoise_magnitude(image: np.ndarray | torch.Tensor, method: str = "nlm", strength: float = 0.8) -> np.ndarray:
@@ -78,6 +84,10 @@ def denoise_magnitude(image: np.ndarray | torch.Tensor, method: str = "nlm", str
     peak = float(arr.max()) or 1.0
     u = arr / peak
     sigma = estimate_noise_sigma(u)
+    if method not in ("nlm", "tv", "wavelet"):
+        raise ValueError(f"method must be 'nlm', 'tv' or 'wavelet', got {method!r}")
+    if sigma <= 0:  # no noise to remove (a noiseless or constant image)
+        return arr.astype(np.float32)
     if method == "nlm":
         out = denoise_nl_means(u, h=strength * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True)
     elif method == "tv":
@@ -85,6 +95,4 @@ def denoise_magnitude(image: np.ndarray | torch.Tensor, method: str = "nlm", str
     elif method == "wavelet":
         out = denoise_wavelet(u, sigma=strength * sigma, wavelet="db2", mode="soft", wavelet_levels=4,
                               method="BayesShrink", rescale_sigma=True)
-    else:
-        raise ValueError(f"method must be 'nlm', 'tv' or 'wavelet', got {method!r}")
     return (out * peak).astype(np.float32)
