@@ -501,7 +501,7 @@ def pretrain(
     batch_size: int = 1, seed: int = 0,
     device: str = "cpu", resume: bool = False, network: dict[str, Any] | None = None,
     train_limit: int | None = None, label_fraction: float = 1.0, init_checkpoint: str | None = None,
-    evaluate_test: bool = False, augment: bool = False,
+    evaluate_test: bool = False, augment: bool = False, coil_maps: str = "true",
 ) -> dict[str, Any]:
     """Train the network on the training images' simulated noisy blades; writes ``output_dir/model.pt``.
 
@@ -532,6 +532,8 @@ def pretrain(
         evaluate_test: also report the mean test PSNR of the trained network (at the first SNR).
         augment: show every step a random rotation / flip of its acquisition (exact in k-space, see
             :mod:`medssl.mri.methods`): 8 views of each noisy scan, no new data.
+        coil_maps: for simulated training, ``"true"`` (the simulation's birdcage maps) or ``"estimated"`` (maps
+            estimated from the centres of the blades in use, as inference and measured data have them).
 
     Returns:
         ``{"model": path, "loss_first", "loss_last", "seconds", "train_images"[, "test_psnr"]}``.
@@ -564,6 +566,12 @@ def pretrain(
         acqs = make_acquisitions(train_imgs, geometry, snrs, seed=1000 + seed, n_coils=n_coils)
     torch.manual_seed(seed)
     blades = geometry.blades(blade_fraction)
+    if coil_maps not in ("true", "estimated"):
+        raise MedsslError(f"coil_maps must be 'true' or 'estimated', got {coil_maps!r}")
+    if coil_maps == "estimated" and not measured:
+        op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, None)
+        acqs = [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1))}
+                for a in acqs]
     net = build_network(**(network or {}))
     if init_checkpoint:
         net, _ = load_model(init_checkpoint)
@@ -575,7 +583,8 @@ def pretrain(
             "geometry": {"n_blades": geometry.n_blades, "n_lines": geometry.n_lines, "n_readout": geometry.n_readout,
                          "im_size": geometry.im_size, "n_coils": n_coils},
             "train_images": [n for n, _ in train_imgs], "seed": seed, "readout_split": "interleaved",
-            "init": init_checkpoint or "scratch", "augment": "dihedral" if augment else "none"}
+            "init": init_checkpoint or "scratch", "augment": "dihedral" if augment else "none",
+            "coil_maps": "estimated" if measured else coil_maps}
     if measured:  # file names are not kept: they may carry identifiers
         info.update({"train_data": "measured k-space", "train_acquisitions": len(acqs),
                      "estimated_snrs": [round(float(a["snr"]), 2) for a in acqs]})
