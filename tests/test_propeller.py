@@ -597,16 +597,25 @@ def test_pretrain_on_measured_blade_files_trains_exactly_like_the_simulated_stud
     geo = PropellerGeometry(8, 6, 128, 64)
     train, _ = prop.study_images("samples", 64)
     (tmp_path / "raw").mkdir()
+    (tmp_path / "no_maps").mkdir()
     for i, a in enumerate(prop.make_acquisitions(train, geo, [20.0], seed=1000, n_coils=4)):
         np.savez(tmp_path / "raw" / f"scan_{i}.npz", kspace=a["kspace"].numpy() * 1e3, angles=geo.angles().numpy(),
                  sens=a["sens"].numpy())
+        np.savez(tmp_path / "no_maps" / f"scan_{i}.npz", kspace=a["kspace"].numpy() * 1e3,
+                 angles=geo.angles().numpy(), image_size=64)
     net = {"n_unrolls": 1, "cg_iters": 2, "channels": [8, 16]}
     common = {"max_steps": 6, "lr": 0.003, "network": net, "device": "cpu", "seed": 0}
-    sim = prop.pretrain(data="samples", output_dir=tmp_path / "sim", im_size=64, n_blades=8, n_lines=6,
-                        n_readout=128, n_coils=4, snrs=[20.0], **common)
+    study = {"data": "samples", "im_size": 64, "n_blades": 8, "n_lines": 6, "n_readout": 128, "n_coils": 4,
+             "snrs": [20.0]}
+    sim = prop.pretrain(output_dir=tmp_path / "sim", **study, **common)
     measured = prop.pretrain(data=tmp_path / "raw", output_dir=tmp_path / "measured", **common)
     assert measured["train_images"] == len(train) == 4
     np.testing.assert_allclose(measured["losses"], sim["losses"], rtol=1e-3)
+    # without maps in the files they are estimated from the blades: as the study with coil_maps="estimated"
+    sim_est = prop.pretrain(output_dir=tmp_path / "sim_est", coil_maps="estimated", **study, **common)
+    measured_est = prop.pretrain(data=tmp_path / "no_maps", output_dir=tmp_path / "measured_est", **common)
+    np.testing.assert_allclose(measured_est["losses"], sim_est["losses"], rtol=1e-3)
+    assert not np.allclose(sim_est["losses"], sim["losses"], rtol=1e-3)
 
 
 def test_pretrain_on_your_own_measured_blades(tmp_path):
