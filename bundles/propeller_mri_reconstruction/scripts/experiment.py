@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "estimated from the data; rows under the task suffix _noise_matched")
     p.add_argument("--estimated-sens", action="store_true",
                    help="every method uses coil maps estimated from the blades in use (as on measured data) "
-                        "instead of the true ones; rows under the task suffix _estimated_sens")
+                        "instead of the true ones, and the conventional methods are tuned with such maps; rows under "
+                        "the task suffix _estimated_sens")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
     p.add_argument("--table", nargs="+", default=None, metavar="RESULTS",
                    help="only print the mean ± std tables of these results files together (e.g. one --evaluate "
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     for snr in [] if skip_tuning else args.snrs:
         for frac in args.fractions:
             pool = [a for a in tune_pool if a["snr"] == snr]
+            if args.estimated_sens:  # the baselines are tuned with the maps they will be used with
+                pool = P.with_estimated_sens(pool, geo, geo.blades(frac))
             conv[(snr, frac)] = P.tune_conventional(pool, geo, geo.blades(frac))
             _log(tuned=True, snr=snr, fraction=frac, **conv[(snr, frac)])
 

@@ -64,6 +64,7 @@ __all__ = [
     "is_full_dataset",
     "study_images",
     "make_acquisitions",
+    "with_estimated_sens",
     "build_network",
     "build_method",
     "train",
@@ -169,6 +170,14 @@ def make_acquisitions(
             acq.update({"name": name, "snr": float(snr)})
             out.append(acq)
     return out
+
+
+def with_estimated_sens(acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor
+                        ) -> list[dict[str, Any]]:
+    """Copies of ``acqs`` whose ``sens`` are estimated from the centres of ``blades``, as measured data has them."""
+    op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, None)
+    return [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1))}
+            for a in acqs]
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -395,9 +404,9 @@ def evaluate(
         if keep_images:
             images.setdefault(name, []).append(img)
 
-    for a in acqs:
+    for a in with_estimated_sens(acqs, geometry, blades) if estimated_sens else acqs:
         y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
-        o = op.with_sens(estimate_sens_from_blades(op, y[0]) if estimated_sens else a["sens"])
+        o = op.with_sens(a["sens"])
         if conv is not None:
             imgs = conventional(o, y, conv["lam"], conv["n_iter"], conv["denoiser"], conv["strength"])
             for name, img in imgs.items():
@@ -569,9 +578,7 @@ def pretrain(
     if coil_maps not in ("true", "estimated"):
         raise MedsslError(f"coil_maps must be 'true' or 'estimated', got {coil_maps!r}")
     if coil_maps == "estimated" and not measured:
-        op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, None)
-        acqs = [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1))}
-                for a in acqs]
+        acqs = with_estimated_sens(acqs, geometry, blades)
     net = build_network(**(network or {}))
     if init_checkpoint:
         net, _ = load_model(init_checkpoint)
