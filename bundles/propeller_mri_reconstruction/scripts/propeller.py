@@ -666,8 +666,8 @@ def _case_cartesian(rec: Any, path: Path) -> dict[str, Any]:
                     "16 blades (reference: Cartesian RSS)"}
 
 
-
 def _kspace_case(rec: Any, path: Path) -> dict[str, Any]:
+    """Dispatch a loaded k-space record: Cartesian (twix, ISMRMRD without trajectory, coil/line/readout) or blades."""
     fmt = rec.meta.source.format.lower()
     if fmt == "twix" or (fmt == "ismrmrd" and "angles" not in rec.aux):
         return _case_cartesian(rec, path)
