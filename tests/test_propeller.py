@@ -35,6 +35,7 @@ from medssl.transforms.kspace import (
     blade_subset,
     body_mask,
     dihedral_image,
+    dihedral_inverse,
     dihedral_trajectory,
     noise_sigma_for_snr,
     normalise_magnitude,
@@ -279,6 +280,52 @@ def test_augmented_training_views_are_data_consistent(mr64):
     assert {int(ssl(batch)["symmetry"]) for _ in range(4)} == {0}  # never at evaluation
 
 
+def test_dihedral_inverse_undoes_every_symmetry():
+    x = torch.arange(12.0).reshape(3, 4)[None].expand(2, 3, 4).clone()
+    square = torch.arange(16.0).reshape(4, 4)
+    for sym in range(8):
+        inv = dihedral_inverse(sym)
+        assert torch.equal(dihedral_image(dihedral_image(square, sym), inv), square), sym
+        assert torch.equal(dihedral_image(dihedral_image(x, inv), sym), x), sym
+    assert sorted(dihedral_inverse(s) for s in range(8)) == list(range(8))  # a bijection
+
+
+def test_self_ensemble_is_exactly_equivariant_and_views_are_consistent(mr64):
+    # noiseless blades and a random (so not rotation-equivariant) network: the operator's views map the turned
+    # image onto the relabelled samples, gridding of a view turned back is the gridding of the original, and the
+    # self-ensemble's output turns with the object, which a single pass does not
+    from medssl.mri.methods import reconstruct
+
+    torch.manual_seed(0)
+    geo = PropellerGeometry(8, 6, 128, 64)
+    sens = birdcage_maps(4, 64)
+    acq = simulate_acquisition(mr64, geo, sens, snr=None, generator=torch.Generator().manual_seed(1))
+    blades = geo.blades(0.5)
+    y = acq["kspace"][:, blades].reshape(1, 4, -1)
+    op = PropellerOperator(geo.trajectory(blades), 64, sens)
+    x = acq["image"][None]
+    grid = op.gridding(y)
+    for sym in (1, 2, 5):
+        view, phase = op.dihedral(sym)
+        assert float((view.forward(dihedral_image(x, sym)) - y * phase).norm() / y.norm()) < 5e-3
+        back = dihedral_image(view.gridding(y * phase), dihedral_inverse(sym))
+        assert float((back - grid).norm() / grid.norm()) < 5e-3, sym
+        assert op.dihedral(sym)[0].traj is view.traj  # computed once
+    net = UnrolledRecon(n_unrolls=1, cg_iters=2, channels=(8, 16)).eval()
+    with torch.no_grad():
+        net.res_gain.fill_(0.5)  # zero at initialisation: the regulariser would do nothing
+        base = reconstruct(net, op, y, self_ensemble=True)
+        single = reconstruct(net, op, y)
+        view, phase = op.dihedral(2)
+        turned = dihedral_image(reconstruct(net, view, y * phase, self_ensemble=True), dihedral_inverse(2))
+        turned_single = dihedral_image(reconstruct(net, view, y * phase), dihedral_inverse(2))
+    err = float((turned - base).norm() / base.norm())
+    err_single = float((turned_single - single).norm() / single.norm())
+    assert err < 1e-4, err
+    assert err_single > 5 * err, (err_single, err)  # the check has teeth: one pass is not equivariant
+    assert float((base - single).norm() / single.norm()) > 1e-4  # the ensemble is not the single pass
+
+
 def test_twix_gre_reconstructs_phantom_and_propeller_path():
     rec = load(samples.twix_gre())
     osf = float(rec.meta.extra.get("readout_oversampling") or 2.0)
@@ -355,6 +402,13 @@ def test_infer_cli_twix_and_bad_input(tmp_path, capsys):
     assert (tmp_path / "out" / "gre_panel.png").is_file()
     nii = load(tmp_path / "out" / "gre_recon.nii.gz").array
     assert nii.shape == (160, 160) and np.isfinite(nii).all() and nii.std() > 0
+    # --no-self-ensemble reaches the bundle: one pass instead of the 8-view average, a close but different image
+    rc = main(["infer", "propeller_mri_reconstruction", str(samples.twix_gre()), "--out", str(tmp_path / "one"),
+               "--device", "cpu", "--no-self-ensemble"])
+    assert rc == 0
+    one = load(tmp_path / "one" / "gre_recon.nii.gz").array
+    assert one.shape == nii.shape and not np.allclose(one, nii, rtol=0, atol=1e-4 * float(np.abs(nii).max()))
+    assert np.corrcoef(one.ravel(), nii.ravel())[0, 1] > 0.98
 
 
 def test_network_def_loads_the_shipped_checkpoint():
@@ -551,7 +605,8 @@ def test_inference_config_uses_the_noise_matched_networks_unless_a_checkpoint_is
 
 def test_shipped_noise_matched_networks_match_their_model_card(shared_data):
     """models/model_snr10.pt and model_snr20.pt on seed 0's test acquisitions: each acquisition goes to the network
-    of its own SNR, and the PSNR is the one docs/results.json holds, with true and with estimated coil maps."""
+    of its own SNR, and the PSNR is the one docs/results.json holds, with true and with estimated coil maps, each
+    with and without the self-ensemble (what ``medssl infer`` does by default)."""
     from medssl.eval.results import load_results
 
     paths = sorted((BUNDLE / "models").glob("model_snr*.pt"))
@@ -566,20 +621,17 @@ def test_shipped_noise_matched_networks_match_their_model_card(shared_data):
         rows = load_results(BUNDLE / "docs" / "results.json")
         for snr in matched.snrs:
             acqs = prop.make_acquisitions(test, geo, [snr], seed=2000, n_coils=meta["geometry"]["n_coils"])
-            res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": matched})
-            assert [c for _, c in res["selection"]["self_supervised"]] == [snr] * len(test)
-            ours = float(np.mean(res["metrics"]["self_supervised"]["psnr"]))
-            card = [r["value"] for r in rows if r["task"] == f"propeller_128px_snr{snr:g}_half_blades_noise_matched"
-                    and r["seed"] == 0 and r["method"] == "self_supervised" and r["metric"] == "psnr"]
-            assert len(card) == 1 and abs(ours - card[0]) < 0.05, (snr, ours, card)
-            # and with coil maps estimated from the blades, as medssl infer has them on measured data
-            res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": matched},
-                                estimated_sens=True)
-            ours = float(np.mean(res["metrics"]["self_supervised"]["psnr"]))
-            task = f"propeller_128px_snr{snr:g}_half_blades_noise_matched_estimated_sens"
-            card = [r["value"] for r in rows if r["task"] == task and r["seed"] == 0
-                    and r["method"] == "self_supervised" and r["metric"] == "psnr"]
-            assert len(card) == 1 and abs(ours - card[0]) < 0.05, (snr, ours, card)
+            # estimated maps: as medssl infer has them on measured data; self-ensemble: medssl infer's default
+            for estimated, ensemble in ((False, False), (True, False), (False, True), (True, True)):
+                res = prop.evaluate(acqs, geo, geo.blades(0.5), networks={"self_supervised": matched},
+                                    estimated_sens=estimated, self_ensemble=ensemble)
+                assert [c for _, c in res["selection"]["self_supervised"]] == [snr] * len(test)
+                ours = float(np.mean(res["metrics"]["self_supervised"]["psnr"]))
+                task = (f"propeller_128px_snr{snr:g}_half_blades_noise_matched"
+                        + "_estimated_sens" * estimated + "_self_ensemble" * ensemble)
+                card = [r["value"] for r in rows if r["task"] == task and r["seed"] == 0
+                        and r["method"] == "self_supervised" and r["metric"] == "psnr"]
+                assert len(card) == 1 and abs(ours - card[0]) < 0.05, (task, ours, card)
 
 
 def _blade_files(folder: Path, n: int = 3, geo: PropellerGeometry | None = None, scale: float = 1e3) -> list[Path]:

@@ -84,6 +84,8 @@ class PropellerOperator:
             lam = self._max_eig()
             self.dcf = self.dcf / lam
             self._kernel = self._kernel / lam
+        # symmetric views (:meth:`dihedral`), shared by the copies :meth:`with_sens` makes
+        self._views: dict[int, tuple[PropellerOperator, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -134,7 +136,27 @@ class PropellerOperator:
             setattr(new, name, None if value is None else value.to(device))
         for name in ("_nufft", "_adj", "_toep"):
             setattr(new, name, getattr(self, name).to(device))
+        new._views = {}
         return new
+
+    def dihedral(self, index: int) -> tuple[PropellerOperator, torch.Tensor]:
+        """The acquisition seen as one of a rotated / flipped object: ``(operator, phase [K])``.
+
+        For measured samples ``y`` of image ``x`` under this operator, ``y * phase`` are exact samples of
+        ``dihedral_image(x, index)`` under the returned operator, whose coil maps are this operator's maps
+        transformed the same way (:func:`medssl.transforms.kspace.dihedral_trajectory`). The density weights are
+        reused (the sampling density is invariant), and the views are computed once per trajectory.
+        """
+        from medssl.transforms.kspace import dihedral_image, dihedral_trajectory
+
+        index = int(index)
+        if index not in self._views:
+            traj, phase = dihedral_trajectory(self.traj, index)
+            view = PropellerOperator(traj, self.im_size, None, dcf=self.dcf, normalise_dcf=False,
+                                     toeplitz=self._kernel is not None)
+            self._views[index] = (view, phase.to(self.device))
+        view, phase = self._views[index]
+        return view.with_sens(dihedral_image(self.sens, index)), phase
 
     @property
     def n_coils(self) -> int:

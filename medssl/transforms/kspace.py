@@ -42,6 +42,7 @@ __all__ = [
     "normalise_magnitude",
     "DIHEDRAL_SIZE",
     "dihedral_image",
+    "dihedral_inverse",
     "dihedral_trajectory",
 ]
 
@@ -309,6 +310,15 @@ def dihedral_image(x: torch.Tensor, index: int) -> torch.Tensor:
     turns, flip, _, _ = _dihedral(index)
     out = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
     return torch.flip(out, dims=(-1,)) if flip else out
+
+
+def dihedral_inverse(index: int) -> int:
+    """The index of the inverse symmetry, so that applying ``index`` and then its inverse is the identity.
+
+    Reflections (odd indices) are their own inverses; ``t`` quarter turns are undone by ``4 - t``.
+    """
+    turns, flip, _, _ = _dihedral(index)
+    return int(index) if flip else 2 * ((4 - turns) % 4)
 
 
 def dihedral_trajectory(traj: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every method uses coil maps estimated from the blades in use (as on measured data) "
                         "instead of the true ones, and the conventional methods are tuned with such maps; rows under "
                         "the task suffix _estimated_sens")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="every method (networks and conventional) averages its reconstructions of the 8 rotated / "
+                        "flipped views of each acquisition, as `medssl infer` does by default; rows under the task "
+                        "suffix _self_ensemble")
     p.add_argument("--no-figures", action="store_true", help="do not write docs/figures (e.g. a top-up run)")
     p.add_argument("--table", nargs="+", default=None, metavar="RESULTS",
                    help="only print the mean ± std tables of these results files together (e.g. one --evaluate "
@@ -156,10 +160,13 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
     def base(task: str) -> str:
-        return task.removesuffix("_estimated_sens")
+        return task.removesuffix("_self_ensemble").removesuffix("_estimated_sens")
 
-    for key in sorted(groups, key=lambda k: ("calib" in k[0], k[0].endswith("_estimated_sens"), base(k[0]).endswith(
-            "_model") + 2 * base(k[0]).endswith("_noise_matched"), -k[2], k[3])):
+    def order_key(k: tuple) -> tuple:
+        kind = base(k[0]).endswith("_model") + 2 * base(k[0]).endswith("_noise_matched")
+        return ("calib" in k[0], k[0].endswith("_self_ensemble"), "_estimated_sens" in k[0], kind, -k[2], k[3])
+
+    for key in sorted(groups, key=order_key):
         task, size, snr, frac = key
         label = "study"
         if base(task).endswith("_noise_matched"):
@@ -176,8 +183,10 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
         if "calib" in task:
             label = "calibration, conventional only, " + ("tuned on training images" if "tuned" in task else
                                                           "the issue's settings")
-        if task.endswith("_estimated_sens"):
+        if "_estimated_sens" in task:
             label += "; every method with coil maps estimated from the blades in use, not the true ones"
+        if task.endswith("_self_ensemble"):
+            label += "; every method averaged over the 8 rotated / flipped views of each acquisition (self-ensemble)"
         out.append(f"**{size}², SNR {snr:g}, {'all' if frac >= 1 else 'half the'} blades** ({label}; `{task}`)\n")
         out.append("| method | PSNR (dB) | SSIM | NMSE | PSNR body (dB) | SSIM body | seeds |")
         out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -308,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             conv[(snr, frac)] = P.tune_conventional(pool, geo, geo.blades(frac))
             _log(tuned=True, snr=snr, fraction=frac, **conv[(snr, frac)])
 
-    sens_suffix = "_estimated_sens" if args.estimated_sens else ""
+    sens_suffix = ("_estimated_sens" if args.estimated_sens else "") + ("_self_ensemble" if args.self_ensemble else "")
     if "conventional" not in args.skip:
         for s in args.seeds:
             for snr in args.snrs:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), conv=conv[(snr, frac)],
-                                     estimated_sens=args.estimated_sens)
+                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble)
                     _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + sens_suffix,
                           extra={"settings": conv[(snr, frac)]})
                     _log(seed=s, snr=snr, fraction=frac, **{m: float(np.mean(v["psnr"])) for m, v in
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), networks={method: net},
                                      conv=conv[(snr, frac)], keep_images=s == args.seeds[0],
-                                     estimated_sens=args.estimated_sens)
+                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble)
                     chosen = {}
                     if "selection" in res:
                         sel = res["selection"][method]
