@@ -180,6 +180,8 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
             else:
                 names = ", ".join(f"`{m}`" for m in evaluated)
                 label = f"checkpoints {names}, each on its seed's test acquisitions"
+        if label == "study" and task != base(task):  # a rerun of the conventional methods under other conditions
+            label = "conventional methods"
         if "calib" in task:
             label = "calibration, conventional only, " + ("tuned on training images" if "tuned" in task else
                                                           "the issue's settings")
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                          **{m: float(np.mean(v["psnr"])) for m, v in res["metrics"].items()})
                     if s == args.seeds[0] and not args.no_figures:
                         which = "noise-matched models" if suffix.startswith("_noise_matched") else "shipped model"
+                        which += ", self-ensemble" if args.self_ensemble else ""
                         for i, (name, _) in enumerate(test_imgs):
                             half = "all" if frac >= 1 else "half"
                             figure(figs / f"{suffix[1:]}_{name}_snr{snr:g}_{half}.png", res, i,

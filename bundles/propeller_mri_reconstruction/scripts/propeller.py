@@ -859,7 +859,8 @@ class Inference:
         from medssl.io.writers import atomic_path
 
         ref = case["reference"]
-        panels = [("gridding", out["gridding"]), ("unrolled network (ours)", out["recon"])]
+        ours = "unrolled network (ours, self-ensemble)" if self.self_ensemble else "unrolled network (ours)"
+        panels = [("gridding", out["gridding"]), (ours, out["recon"])]
         if ref is not None:
             panels.append(("reference", ref))
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
