@@ -30,19 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args(argv)
-    from medssl import samples
-    from medssl.io import load
-    from medssl.mri import PropellerGeometry, PropellerOperator, UnrolledRecon, birdcage_maps, simulate_acquisition
+    from _propeller import study_acquisition
+
+    from medssl.mri import PropellerOperator, UnrolledRecon
     from medssl.mri.methods import reconstruct
 
-    torch.manual_seed(0)
-    mag = torch.as_tensor(load(samples.mr_small()).array, dtype=torch.float32)
-    mag = torch.nn.functional.interpolate(mag[None, None], size=(128, 128), mode="bilinear")[0, 0]
-    mag = mag / mag.max()
-    geo = PropellerGeometry(16, 12, 256, 128)
-    blades = geo.blades(0.5)
-    sens = birdcage_maps(8, 128)
-    acq = simulate_acquisition(mag, geo, sens, snr=20.0, generator=torch.Generator().manual_seed(0))
+    geo, blades, sens, acq = study_acquisition()
     y = acq["kspace"][:, blades].reshape(1, 8, -1)
     op = PropellerOperator(geo.trajectory(blades), 128, sens)
     net = UnrolledRecon(n_unrolls=3, cg_iters=3, channels=(32, 64, 128, 256)).eval()

@@ -31,24 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args(argv)
-    from medssl import samples
-    from medssl.io import load
-    from medssl.mri import (
-        BladeDataset,
-        PropellerGeometry,
-        ReadoutSplitSSL,
-        UnrolledRecon,
-        birdcage_maps,
-        simulate_acquisition,
-    )
+    from _propeller import study_acquisition
 
-    torch.manual_seed(0)
-    mag = torch.as_tensor(load(samples.mr_small()).array, dtype=torch.float32)
-    mag = torch.nn.functional.interpolate(mag[None, None], size=(128, 128), mode="bilinear")[0, 0]
-    mag = mag / mag.max()
-    geo = PropellerGeometry(16, 12, 256, 128)
-    blades = geo.blades(0.5)
-    acq = simulate_acquisition(mag, geo, birdcage_maps(8, 128), snr=20.0, generator=torch.Generator().manual_seed(0))
+    from medssl.mri import BladeDataset, ReadoutSplitSSL, UnrolledRecon
+
+    geo, blades, _, acq = study_acquisition()
     batch = {k: v[None] for k, v in BladeDataset([acq], blades)[0].items()}
     out: dict[str, object] = {"benchmark": "propeller_step", "threads": torch.get_num_threads(),
                               "setting": "128px, 8 coils, 8 of 16 blades x 12 x 256, 3 unrolls x 3 CG"}
