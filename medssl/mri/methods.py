@@ -29,7 +29,7 @@ sees intensities of order one whatever the scanner's units.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from medssl.transforms.kspace import (
     ssdu_split,
 )
 
-__all__ = ["ReadoutSplitSSL", "SSDU", "SupervisedRecon", "reconstruct", "intensity_scale"]
+__all__ = ["ReadoutSplitSSL", "SSDU", "SupervisedRecon", "reconstruct", "dihedral_average", "intensity_scale"]
 
 
 def intensity_scale(x0: torch.Tensor, q: float = 0.99) -> torch.Tensor:
@@ -72,12 +72,24 @@ def reconstruct(network: UnrolledRecon, op: PropellerOperator, kspace: torch.Ten
     Returns:
         ``[B, N, N]`` complex images.
     """
-    if not self_ensemble:
-        return _reconstruct_view(network, op, kspace)
-    out = _reconstruct_view(network, op, kspace)
+    if self_ensemble:
+        return dihedral_average(op, kspace, lambda o, y: _reconstruct_view(network, o, y))
+    return _reconstruct_view(network, op, kspace)
+
+
+def dihedral_average(op: PropellerOperator, kspace: torch.Tensor,
+                     fn: Callable[[PropellerOperator, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The mean of ``fn`` over the 8 exact rotated / flipped views of an acquisition, each turned back.
+
+    Args:
+        op: the operator of the samples, with their coil maps.
+        kspace: ``[B, C, K]`` measured samples.
+        fn: ``fn(operator, samples)`` -> images ``[..., N, N]`` (any reconstruction from samples).
+    """
+    out = fn(op, kspace)
     for sym in range(1, DIHEDRAL_SIZE):
         view, phase = op.dihedral(sym)
-        out = out + dihedral_image(_reconstruct_view(network, view, kspace * phase), dihedral_inverse(sym))
+        out = out + dihedral_image(fn(view, kspace * phase), dihedral_inverse(sym))
     return out / DIHEDRAL_SIZE
 
 
@@ -116,10 +128,7 @@ class _ReconMethod(SSLMethod):
                     traj = self.traj if mask is None else self.traj[:, mask.reshape(-1)]
                     cpu = PropellerOperator(traj, self.im_size, None, toeplitz=toeplitz, normalise_dcf=toeplitz)
                 else:
-                    base = self._op(key, mask, torch.device("cpu"), toeplitz)
-                    traj, _ = dihedral_trajectory(base.traj, sym)
-                    cpu = PropellerOperator(traj, self.im_size, None, dcf=base.dcf, normalise_dcf=False,
-                                            toeplitz=toeplitz)
+                    cpu = self._op(key, mask, torch.device("cpu"), toeplitz).dihedral(sym)[0]
                 self._ops[f"{key}/{sym}@cpu"] = cpu
             self._ops[name] = cpu.to(device)
         return self._ops[name]

@@ -343,16 +343,16 @@ def conventional(
     CG-SENSE are equivariant, so only the denoisers can gain), so that both sides have the same care.
     """
     if self_ensemble:
-        from medssl.transforms.kspace import DIHEDRAL_SIZE, dihedral_image, dihedral_inverse
+        from medssl.mri.methods import dihedral_average
 
-        views = [conventional(op, kspace, lam, n_iter, denoiser, strength)]
-        for sym in range(1, DIHEDRAL_SIZE):
-            view, phase = op.dihedral(sym)
-            imgs = conventional(view, kspace * phase, lam, n_iter, denoiser, strength)
-            inv = dihedral_inverse(sym)
-            views.append({k: dihedral_image(torch.from_numpy(np.ascontiguousarray(v)), inv).numpy()
-                          for k, v in imgs.items()})
-        return {k: np.mean([v[k] for v in views], axis=0) for k in views[0]}
+        names = ("gridding", "gridding_denoise", "cg_sense", "cg_sense_denoise")
+
+        def stacked(o: PropellerOperator, y: torch.Tensor) -> torch.Tensor:
+            imgs = conventional(o, y, lam, n_iter, denoiser, strength)
+            return torch.from_numpy(np.stack([np.asarray(imgs[k], np.float64) for k in names]))
+
+        mean = dihedral_average(op, kspace, stacked).numpy()
+        return dict(zip(names, mean, strict=True))
     grid = op.gridding(kspace).abs()[0].numpy()
     cg = cg_sense(op, kspace, lam=lam, n_iter=n_iter).abs()[0].numpy()
     return {"gridding": grid, "gridding_denoise": denoise_magnitude(grid, denoiser, strength),
