@@ -207,3 +207,56 @@ def test_largest_component_comes_from_the_model_info_and_can_be_turned_off(tmp_p
 def test_load_frames_layouts():
     assert load_frames(samples.echo_cine()).frames.shape == (40, 480, 640)  # RGB cine -> grey frames
     assert load_frames(samples.nifti_anatomical()).frames.shape == (25, 41, 33)  # (z, y, x)
+
+
+class _Blur(torch.nn.Module):
+    """Logits = a 5x5 box mean of the input: its output depends on how many pixels a structure spans."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4.0 * torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+
+
+def test_scale_magnifies_the_frame_and_returns_its_own_size():
+    from medssl.infer import resample
+
+    rng = np.random.default_rng(3)
+    x = rng.random((1, 37, 51)).astype(np.float32)  # odd sizes: the way back must hit them exactly
+    plain = sliding_window_probabilities(_Blur(), x, (32, 32), normalise=None)
+    for scale in (2.0, 1.5, 0.5):
+        p = sliding_window_probabilities(_Blur(), x, (32, 32), normalise=None, scale=scale)
+        assert p.shape == x.shape and ((p >= 0) & (p <= 1)).all()
+    # magnified twice, the 5x5 box covers half the native extent: closer to the input than at scale 1
+    two = sliding_window_probabilities(_Blur(), x, (32, 32), normalise=None, scale=2.0)
+    target = 1.0 / (1.0 + np.exp(-4.0 * x))
+    assert np.abs(two - target).mean() < np.abs(plain - target).mean()
+    # a smooth frame survives the round trip through a pointwise network
+    yy, xx = np.mgrid[:37, :51]
+    smooth = (np.sin(xx / 9.0) * np.cos(yy / 7.0))[None].astype(np.float32)
+    pointwise = torch.nn.Identity()
+    np.testing.assert_allclose(sliding_window_probabilities(pointwise, smooth, (32, 32), normalise=None, scale=2.0),
+                               1.0 / (1.0 + np.exp(-smooth)), atol=0.01)
+    m = torch.zeros(1, 1, 10, 10, dtype=torch.bool)
+    m[..., 2:6, 3:8] = True
+    up = resample(m, scale=2.0, mask=True)
+    assert up.shape == (1, 1, 20, 20) and up.dtype == torch.bool and int(up.sum()) == 4 * int(m.sum())
+    with pytest.raises(ValueError, match="scale"):
+        sliding_window_probabilities(_Blur(), x, (32, 32), scale=0.0)
+
+
+def test_scale_comes_from_the_model_info(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "frame.png"
+    Image.fromarray((np.random.default_rng(4).random((48, 40)) * 255).astype(np.uint8)).save(png)
+    info = tmp_path / "model.json"
+    info.write_text('{"threshold": 0.5, "scale": 2.0}')
+    masks = {}
+    for name, scale in {"from_info": None, "explicit": 2.0, "native": 1.0}.items():
+        infer = SegmentationInference(_Blur(), [png], tmp_path / name, model_info=info, roi_size=(32, 32),
+                                      device="cpu", scale=scale)
+        assert infer.resolved_scale() == (2.0 if scale is None else scale)
+        infer.run()
+        masks[name] = load(tmp_path / name / "frame_seg.png").array
+        assert masks[name].shape == (48, 40)
+    np.testing.assert_array_equal(masks["from_info"], masks["explicit"])
+    assert (masks["from_info"] != masks["native"]).any()

@@ -163,6 +163,18 @@ def test_finetune_protocol_holds_out_validation_and_scratch_gets_the_prior(xca, 
     assert one["n_val"] == 0 and one["threshold"] == 0.5
 
 
+def test_finetune_at_a_magnification_scores_at_the_native_size_and_records_it(xca, tmp_path):
+    torch.set_num_threads(1)
+    res = xca.finetune_and_test("samples", tmp_path / "ft", n_labels=4, seed=0, encoder=None, max_steps=2,
+                                batch_size=2, crop=64, eval_every=2, device="cpu", test_limit=1, scale=1.5,
+                                save_model=tmp_path / "ft" / "model.pt")
+    assert res["scale"] == 1.5 and 0 <= res["dice"] <= 1 and 0 < res["threshold"] < 1
+    info = json.loads((tmp_path / "ft" / "model.json").read_text())
+    assert info["scale"] == 1.5 and info["roi"] == [64, 64]  # medssl infer magnifies by the recorded scale
+    rows = xca.result_rows(res, "scratch", 0, 40, "cmd", task=xca.TASK + "_x1.5")
+    assert {r["task"] for r in rows} == {"coronary_vessel_segmentation_x1.5"} and rows[0]["scale"] == 1.5
+
+
 def test_study_scheduler_runs_random_init_beside_pretraining_and_hands_on_the_encoder(monkeypatch):
     from tests.conftest import _bundle_module
 

@@ -144,6 +144,25 @@ def zscore(x: torch.Tensor | np.ndarray, eps: float = 1e-6) -> torch.Tensor:
     return (t - mean) / (std + eps)
 
 
+def resample(
+    x: torch.Tensor, scale: float | None = None, size: Sequence[int] | None = None, mask: bool = False
+) -> torch.Tensor:
+    """Bilinear resampling of ``[B, C, H, W]`` by ``scale`` or to ``size`` (antialiased when shrinking).
+
+    With ``mask`` the input is a binary mask: it is resampled as a fraction and thresholded at 0.5.
+    """
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale and size.")
+    src = x.float()
+    if size is None:
+        assert scale is not None
+        size = tuple(max(1, int(round(n * float(scale)))) for n in src.shape[-2:])
+    size = tuple(int(n) for n in size)
+    shrink = any(n < m for n, m in zip(size, src.shape[-2:], strict=True))
+    out = torch.nn.functional.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return out >= 0.5 if mask else out
+
+
 @torch.no_grad()
 def sliding_window_probabilities(
     network: nn.Module,
@@ -154,6 +173,7 @@ def sliding_window_probabilities(
     sw_batch_size: int = 4,
     normalise: Callable[[torch.Tensor], torch.Tensor] | None = zscore,
     flip_tta: bool = False,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Vessel probabilities ``[T, H, W]`` for frames ``[T, H, W]`` (sigmoid of a one-channel network).
 
@@ -164,12 +184,18 @@ def sliding_window_probabilities(
     With ``flip_tta`` the probabilities are the mean over the four flips of the frame (none, left-right,
     up-down, both), each flipped back: test-time augmentation at four times the cost. The result is then
     exactly equivariant to those flips.
+
+    With ``scale`` other than 1 each frame is resampled by that factor (bilinear) before the network sees it,
+    for a model trained at that magnification, and the probabilities are resampled back (bilinear,
+    antialiased), so the output always has the frame's own size.
     """
     from monai.inferers import SlidingWindowInferer
 
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != 2 or min(roi) < 1:
         raise ValueError(f"roi_size must be two positive ints, got {roi_size}.")
+    if not 0.0 < float(scale) <= 8.0:
+        raise ValueError(f"scale must lie in (0, 8], got {scale}.")
     dev = torch.device(device)
     inferer = SlidingWindowInferer(roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian",
                                    padding_mode="reflect")
@@ -178,14 +204,21 @@ def sliding_window_probabilities(
     out = []
     try:
         for frame in torch.as_tensor(frames, dtype=torch.float32):
-            x = (normalise(frame) if normalise is not None else frame)[None, None].to(dev)
+            size = frame.shape[-2:]
+            x = frame[None, None].to(dev)
+            if scale != 1.0:
+                x = resample(x, scale=scale)
+            x = normalise(x) if normalise is not None else x
             flips: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1)) if flip_tta else ((),)
             prob = torch.zeros(x.shape[-2:], dtype=torch.float32, device=dev)
             for dims in flips:
                 logits = inferer(x.flip(dims) if dims else x, network)
                 p = torch.sigmoid(logits.float())[0, 0]
                 prob += p.flip(dims) if dims else p
-            out.append((prob / len(flips)).cpu())
+            prob = prob / len(flips)
+            if scale != 1.0:
+                prob = resample(prob[None, None], size=size)[0, 0]
+            out.append(prob.cpu())
     finally:
         network.train(was_training)
     return torch.stack(out).numpy()
@@ -332,6 +365,8 @@ class SegmentationInference:
             ``model_info`` (else off).
         largest_component: keep only the largest region of each frame (:func:`keep_largest_component`);
             ``None`` reads ``largest_component`` from ``model_info`` (else off).
+        scale: magnification the model was trained at (frames are resampled by it, the outputs keep the
+            input's size); ``None`` reads ``scale`` from ``model_info`` (else 1).
         report: called with one line per bad input (default: print to stderr).
 
     Examples::
@@ -356,6 +391,7 @@ class SegmentationInference:
         report: Callable[[str], None] | None = None,
         flip_tta: bool | None = None,
         largest_component: bool | None = None,
+        scale: float | None = None,
     ) -> None:
         self.network = network
         self.inputs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
@@ -374,6 +410,7 @@ class SegmentationInference:
         self.segment_label = segment_label
         self.flip_tta = flip_tta
         self.largest_component = largest_component
+        self.scale = scale
         self.report = report or (lambda line: print(" ".join(line.split()), file=sys.stderr, flush=True))
 
     def _model_info(self) -> dict[str, Any]:
@@ -409,6 +446,13 @@ class SegmentationInference:
             return bool(self.largest_component)
         return bool(self._model_info().get("largest_component", False))
 
+    def resolved_scale(self) -> float:
+        """Input magnification: the argument, else the model's recorded ``scale``, else 1."""
+        if self.scale is not None:
+            return float(self.scale)
+        value = self._model_info().get("scale", 1.0)
+        return float(value) if isinstance(value, int | float) and value > 0 else 1.0
+
     def load_weights(self) -> None:
         """Load ``checkpoint`` into the network (a one-line :class:`InputError` when it does not fit)."""
         if self.checkpoint is None:
@@ -427,7 +471,7 @@ class SegmentationInference:
         """Probabilities ``[T, H, W]`` of one input (sliding window); subclasses may pre-process here."""
         return sliding_window_probabilities(
             self.network, frames.frames, self.roi_size, device, self.overlap, self.sw_batch_size,
-            flip_tta=self.resolved_flip_tta(),
+            flip_tta=self.resolved_flip_tta(), scale=self.resolved_scale(),
         )
 
     def segment(self, frames: Frames, threshold: float, device: torch.device) -> dict[str, Path]:

@@ -67,6 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=PATH",
                    help="reuse a pretrained encoder instead of pretraining it (e.g. cmunet=models/"
                         "pretrained_encoder.pt); repeatable")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per worker (default: the CPU cores shared out over --parallel)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="fine-tune on images magnified by this factor (test at the native size; default 1)")
+    p.add_argument("--crop", type=int, default=None, help="fine-tuning crop edge in magnified pixels (default 256)")
+    p.add_argument("--channels", type=int, nargs=5, default=None, metavar="C",
+                   help="U-Net widths (default 16 32 64 128 256; other widths need --inits scratch)")
+    p.add_argument("--tag", default="", help="recipe name: rows get the task coronary_vessel_segmentation_TAG")
+    p.add_argument("--results", default=None,
+                   help="write the rows here instead of docs/results.json (splits and models/ are left alone)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results file instead of appending to it (a whole new study)")
     return p.parse_args(argv)
@@ -88,6 +98,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         s["pretrain_steps"] = args.pretrain_steps
     if args.finetune_steps:
         s["finetune_steps"] = args.finetune_steps
+    if args.crop:
+        s["crop"] = args.crop
+    s["scale"] = float(args.scale)
+    s["channels"] = list(args.channels or xca.CHANNELS)
     return s
 
 
@@ -185,13 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     full = xca.is_full_dataset(data) and not args.quick
     results_json = BUNDLE / "docs" / "results.json" if full else out / "results.json"
+    if args.results:
+        results_json = Path(args.results).resolve()
+    publish = full and not args.results  # splits and models/ only for rows that go to docs/results.json
+    task = xca.TASK + (f"_{args.tag}" if args.tag else "")
+    if s["channels"] != list(xca.CHANNELS) and set(args.inits) - {"scratch"}:
+        print("experiment: --channels other than the shipped widths needs --inits scratch (the pretrained "
+              "encoders have the shipped widths)", file=sys.stderr)
+        return 2
     command = "python bundles/xca_cmunet_segmentation/scripts/experiment.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
-    threads = 1 if args.quick else _threads(args.parallel)  # --quick shares a small CPU politely
+    threads = args.threads or (1 if args.quick else _threads(args.parallel))  # --quick shares a small CPU politely
     print(json.dumps({"data": os.fspath(data), "out": os.fspath(out), "full": full, "settings": s,
                       "parallel": args.parallel, "threads": threads}), flush=True)
-    if not full and not args.quick:
+    if not full and not args.quick and not args.results:
         print(f"note: {data} is not the full 40 + 40 dataset: rows go to {results_json}; models/ is left alone",
               file=sys.stderr, flush=True)
     given = parse_encoders(args.encoder)  # before --fresh touches anything
@@ -201,15 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[dict[str, Any]] = [
         {"kind": "pretrain", "name": name, "threads": threads,
          "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
-                    "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": s["crop"],
-                    "device": args.device, "seed": 0}}
+                    "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": 128 if args.quick
+                    else 256, "device": args.device, "seed": 0}}
         for name in ("cmunet", "mae") if name in args.inits and name not in given
     ]
     for seed in s["seeds"]:
         for n in s["labels"]:
             for init in [i for i in INITS if i in args.inits]:
                 run_dir = out / "finetune" / f"{init}_n{n}_s{seed}"
-                keep = init == "cmunet" and n == max(s["labels"]) and seed == 0
+                keep = init == "cmunet" and n == max(s["labels"]) and seed == 0 and publish
                 save = out / "models" / "model.pt" if keep else None
                 job = {
                     "kind": "finetune", "init": init, "seed": seed, "threads": threads, "keep": keep,
@@ -217,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                                "encoder": None, "max_steps": s["finetune_steps"],
                                "batch_size": s["finetune_batch"], "crop": s["crop"], "eval_every": s["eval_every"],
                                "device": args.device, "test_limit": s["test_limit"],
-                               "save_model": None if save is None else os.fspath(save)},
+                               "save_model": None if save is None else os.fspath(save),
+                               "scale": s["scale"], "channels": s["channels"]},
                 }
                 if init in given:
                     job["kwargs"]["encoder"] = given[init]
@@ -234,14 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         if d["kind"] == "pretrain":
             encoders[d["name"]] = d["encoder"]
             return
-        result = xca.publish_split(d["result"], BUNDLE) if full else d["result"]
-        for row in xca.result_rows(result, d["init"], d["seed"], pool, command):
+        result = xca.publish_split(d["result"], BUNDLE) if publish else d["result"]
+        for row in xca.result_rows(result, d["init"], d["seed"], pool, command, task=task):
             xca.append_result(results_json, row)
-        if d.get("keep") and full and not args.no_models and "cmunet" in encoders:
+        if d.get("keep") and publish and not args.no_models and "cmunet" in encoders:
             models_written.extend(_ship_models(Path(encoders["cmunet"]), out / "models"))
 
     done, skipped = run_jobs(jobs, args.parallel, deadline, on_done)
-    if full:
+    if publish:
         from medssl.eval.results import render_results_table
 
         render_results_table(results_json, BUNDLE / "docs" / "README.md")

@@ -41,7 +41,7 @@ from medssl.eval.finetune import SupervisedAdapter, init_output_bias_to_prior
 from medssl.eval.metrics import choose_threshold, cldice, dice
 from medssl.eval.results import append_result
 from medssl.eval.splits import label_fraction_split, save_split
-from medssl.infer import load_frames, sliding_window_probabilities, zscore
+from medssl.infer import load_frames, resample, sliding_window_probabilities, zscore
 from medssl.networks.cmunet import CMUNet
 from medssl.ssl.checkpoint import atomic_write, atomic_write_json
 from medssl.ssl.methods.cmunet import CMUNetViews, build_cmunet_pretraining
@@ -296,12 +296,17 @@ def finetune_and_test(
     channels: Sequence[int] = CHANNELS,
     save_model: str | os.PathLike[str] | None = None,
     flip_tta: bool = True,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """Fine-tune (or train from scratch, ``encoder=None``) with ``n_labels`` labelled images, then test.
 
-    See the module docstring for the protocol. Returns a JSON-ready dict with ``dice``, ``cldice`` (test
-    means), ``threshold``, ``best_step``, ``n_train``, ``n_val``, ``prior``, ``split_file``, ``seconds``;
-    with ``flip_tta`` also ``dice_no_tta``, ``cldice_no_tta`` and ``threshold_no_tta`` (the plain prediction).
+    See the module docstring for the protocol. With ``scale`` other than 1 the network works on images
+    magnified by that factor (training images and masks resampled bilinearly, ``crop`` in magnified pixels);
+    validation and test probabilities are resampled back, so thresholds and Dice are at the native size.
+
+    Returns a JSON-ready dict with ``dice``, ``cldice`` (test means), ``threshold``, ``best_step``, ``n_train``,
+    ``n_val``, ``prior``, ``split_file``, ``seconds``, the recipe (``scale``, ``crop``, ``channels``); with
+    ``flip_tta`` also ``dice_no_tta``, ``cldice_no_tta`` and ``threshold_no_tta`` (the plain prediction).
     """
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -322,6 +327,9 @@ def finetune_and_test(
     by_id = {p.stem: (p, m) for p, m in pool}
     tr_img = [_grey_frames(by_id[i][0])[0] for i in train_ids]
     tr_msk = [_mask(by_id[i][1]) for i in train_ids]
+    if scale != 1.0:
+        tr_img = [resample(im[None, None], scale=scale)[0, 0] for im in tr_img]
+        tr_msk = [resample(m[None, None], scale=scale, mask=True)[0, 0] for m in tr_msk]
     prior = float(torch.stack([m.float().mean() for m in tr_msk]).mean())
 
     torch.manual_seed(seed)
@@ -350,13 +358,14 @@ def finetune_and_test(
         trainer.fit(resume=trainer.last_checkpoint if trainer.step else False, stop_at_step=step)
         if val:
             val_masks = np.stack([m for _, m in val])
-            probs = np.stack([sliding_window_probabilities(model, im[None], roi, dev, flip_tta=flip_tta)[0]
-                              for im, _ in val])
+            probs = np.stack([sliding_window_probabilities(model, im[None], roi, dev, flip_tta=flip_tta,
+                                                           scale=scale)[0] for im, _ in val])
             d, t = _val_dice(probs, val_masks)
             if d > best["dice"]:
                 t_plain = t
                 if flip_tta:  # the plain prediction gets its own validation threshold at the same step
-                    plain = np.stack([sliding_window_probabilities(model, im[None], roi, dev)[0] for im, _ in val])
+                    plain = np.stack([sliding_window_probabilities(model, im[None], roi, dev, scale=scale)[0]
+                                      for im, _ in val])
                     t_plain = _val_dice(plain, val_masks)[1]
                 best = {"dice": d, "threshold": t, "threshold_no_tta": t_plain, "step": step,
                         "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
@@ -372,16 +381,17 @@ def finetune_and_test(
     for img_path, mask_path in test:
         image = _grey_frames(img_path)[0].numpy()[None]
         truth = _mask(mask_path).numpy()
-        pred = sliding_window_probabilities(model, image, roi, dev, flip_tta=flip_tta)[0] >= best["threshold"]
+        pred = sliding_window_probabilities(model, image, roi, dev, flip_tta=flip_tta, scale=scale)[0] >= best[
+            "threshold"]
         dices.append(dice(pred, truth))
         cldices.append(cldice(pred, truth))
         if flip_tta:
-            plain = sliding_window_probabilities(model, image, roi, dev)[0] >= best["threshold_no_tta"]
+            plain = sliding_window_probabilities(model, image, roi, dev, scale=scale)[0] >= best["threshold_no_tta"]
             plain_dices.append(dice(plain, truth))
             plain_cldices.append(cldice(plain, truth))
     result = {
         "dice": float(np.mean(dices)), "cldice": float(np.mean(cldices)), "threshold": float(best["threshold"]),
-        "flip_tta": bool(flip_tta),
+        "flip_tta": bool(flip_tta), "scale": float(scale), "crop": int(crop), "channels": list(channels),
         "val_dice": None if best["dice"] < 0 else float(best["dice"]), "best_step": int(best["step"]),
         "max_steps": int(max_steps), "n_labels": int(n_labels), "n_train": len(train_ids), "n_val": len(val_ids),
         "n_test": len(test), "prior": prior, "split_file": os.fspath(split_file),
@@ -394,23 +404,28 @@ def finetune_and_test(
         _save_state(save_model, model.state_dict())
         info = {k: result[k] for k in ("threshold", "flip_tta", "n_labels", "n_train", "n_val", "prior", "dice",
                                        "cldice")}
-        atomic_write_json(Path(save_model).with_suffix(".json"), {**info, "channels": list(channels), "roi": roi})
+        atomic_write_json(Path(save_model).with_suffix(".json"),
+                          {**info, "channels": list(channels), "roi": roi, "scale": float(scale)})
     atomic_write_json(out / "result.json", result)
     return result
 
 
-def result_rows(result: dict[str, Any], init: str, seed: int, pool_size: int, command: str) -> list[dict[str, Any]]:
+def result_rows(
+    result: dict[str, Any], init: str, seed: int, pool_size: int, command: str, task: str = TASK
+) -> list[dict[str, Any]]:
     """Result rows for :func:`medssl.eval.results.append_result`.
 
     Dice and clDice, plus ``dice_no_tta`` and ``cldice_no_tta`` (the same models without flip averaging) when
-    the run measured them.
+    the run measured them. ``task`` names the recipe (the study's recipe is ``coronary_vessel_segmentation``;
+    variants carry a suffix, so their rows form their own table lines).
     """
     extra = {k: result[k] for k in ("n_labels", "n_train", "n_val", "threshold", "best_step", "max_steps",
                                     "n_test", "device")}
     extra["flip_tta"] = bool(result.get("flip_tta", False))
+    extra.update({k: result[k] for k in ("scale", "crop", "channels", "seconds") if k in result})
     metrics = [m for m in ("dice", "cldice", "dice_no_tta", "cldice_no_tta") if m in result]
     return [
-        {"task": TASK, "label_fraction": result["n_labels"] / pool_size, "seed": int(seed), "init": init,
+        {"task": task, "label_fraction": result["n_labels"] / pool_size, "seed": int(seed), "init": init,
          "metric": metric, "value": float(result[metric]), "split_file": result["split_file"], "command": command,
          **extra}
         for metric in metrics
