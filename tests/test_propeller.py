@@ -513,6 +513,13 @@ def test_experiment_table_merges_per_seed_evaluations(tmp_path):
     assert lines["cg_sense"].rstrip(" |").endswith("2")  # seeds 0 and 1, the duplicate of seed 0 dropped
     assert "31.00 ± 1.41" in lines["cg_sense"]  # mean and std of 30 and 32
     assert "33.00 ± 2.83" in lines["self_supervised"]
+    # the task suffixes of the evaluation options are read back into the table's caption
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps([{**row(0, "cg_sense", 30.0), "task": "p_noise_matched_estimated_sens_cf0.3_self_ensemble",
+                              "model": "m.pt"}]))
+    cap = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table", str(c)],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "noise-matched networks `m.pt`" in cap and "radius 0.3 x pi" in cap and "self-ensemble" in cap
     missing = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "experiment.py"), "--table",
                               str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nope.json" in missing.stderr
@@ -725,3 +732,12 @@ def test_evaluate_with_estimated_coil_maps_uses_them_for_every_method():
     for method in ("gridding", "cg_sense", "cg_sense_denoise", "self_supervised"):
         np.testing.assert_allclose(est[method]["psnr"], manual[method]["psnr"], rtol=1e-6)
         assert not np.allclose(est[method]["psnr"], true[method]["psnr"], rtol=1e-4), method
+    # another estimation radius reaches every method too (experiment.py --sens-centre-fraction)
+    wide = prop.evaluate(acqs, geo, blades, networks=net, conv=conv, estimated_sens=True,
+                         sens_centre_fraction=0.3)["metrics"]
+    by_hand = [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(4, -1), centre_fraction=0.3)}
+               for a in acqs]
+    manual = prop.evaluate(by_hand, geo, blades, networks=net, conv=conv)["metrics"]
+    for method in ("gridding", "cg_sense", "cg_sense_denoise", "self_supervised"):
+        np.testing.assert_allclose(wide[method]["psnr"], manual[method]["psnr"], rtol=1e-6)
+        assert not np.allclose(wide[method]["psnr"], est[method]["psnr"], rtol=1e-4), method

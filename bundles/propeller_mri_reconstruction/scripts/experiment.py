@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -87,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every method uses coil maps estimated from the blades in use (as on measured data) "
                         "instead of the true ones, and the conventional methods are tuned with such maps; rows under "
                         "the task suffix _estimated_sens")
+    p.add_argument("--sens-centre-fraction", type=float, default=0.12, metavar="F",
+                   help="with --estimated-sens: the k-space radius (fraction of pi) the maps are estimated from "
+                        "(default 0.12, what medssl infer uses; others add the task suffix _cfF)")
     p.add_argument("--self-ensemble", action="store_true",
                    help="every method (networks and conventional) averages its reconstructions of the 8 rotated / "
                         "flipped views of each acquisition, as `medssl infer` does by default; rows under the task "
@@ -160,7 +164,7 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
     out = []
     order = {m: i for i, m in enumerate(P.METHODS)}
     def base(task: str) -> str:
-        return task.removesuffix("_self_ensemble").removesuffix("_estimated_sens")
+        return re.sub(r"_estimated_sens(_cf[0-9.]+)?$", "", task.removesuffix("_self_ensemble"))
 
     def order_key(k: tuple) -> tuple:
         kind = base(k[0]).endswith("_model") + 2 * base(k[0]).endswith("_noise_matched")
@@ -187,6 +191,8 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
                                                           "the issue's settings")
         if "_estimated_sens" in task:
             label += "; every method with coil maps estimated from the blades in use, not the true ones"
+            if (m := re.search(r"_cf([0-9.]+)", task)) is not None:
+                label += f" (from the k-space radius {m.group(1)} x pi instead of 0.12)"
         if task.endswith("_self_ensemble"):
             label += "; every method averaged over the 8 rotated / flipped views of each acquisition (self-ensemble)"
         out.append(f"**{size}², SNR {snr:g}, {'all' if frac >= 1 else 'half the'} blades** ({label}; `{task}`)\n")
@@ -315,17 +321,20 @@ def main(argv: list[str] | None = None) -> int:
         for frac in args.fractions:
             pool = [a for a in tune_pool if a["snr"] == snr]
             if args.estimated_sens:  # the baselines are tuned with the maps they will be used with
-                pool = P.with_estimated_sens(pool, geo, geo.blades(frac))
+                pool = P.with_estimated_sens(pool, geo, geo.blades(frac), args.sens_centre_fraction)
             conv[(snr, frac)] = P.tune_conventional(pool, geo, geo.blades(frac))
             _log(tuned=True, snr=snr, fraction=frac, **conv[(snr, frac)])
 
-    sens_suffix = ("_estimated_sens" if args.estimated_sens else "") + ("_self_ensemble" if args.self_ensemble else "")
+    cf = "" if args.sens_centre_fraction == 0.12 else f"_cf{args.sens_centre_fraction:g}"
+    sens_suffix = ("_estimated_sens" + cf if args.estimated_sens else "") + (
+        "_self_ensemble" if args.self_ensemble else "")
     if "conventional" not in args.skip:
         for s in args.seeds:
             for snr in args.snrs:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), conv=conv[(snr, frac)],
-                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble)
+                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble,
+                                     sens_centre_fraction=args.sens_centre_fraction)
                     _rows(results, res, size, snr, frac, s, command, task=_task(size, snr, frac) + sens_suffix,
                           extra={"settings": conv[(snr, frac)]})
                     _log(seed=s, snr=snr, fraction=frac, **{m: float(np.mean(v["psnr"])) for m, v in
@@ -343,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                 for frac in args.fractions:
                     res = P.evaluate(test_acq[(s, snr)], geo, geo.blades(frac), networks={method: net},
                                      conv=conv[(snr, frac)], keep_images=s == args.seeds[0],
-                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble)
+                                     estimated_sens=args.estimated_sens, self_ensemble=args.self_ensemble,
+                                     sens_centre_fraction=args.sens_centre_fraction)
                     chosen = {}
                     if "selection" in res:
                         sel = res["selection"][method]

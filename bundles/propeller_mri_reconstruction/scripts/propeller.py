@@ -172,11 +172,16 @@ def make_acquisitions(
     return out
 
 
-def with_estimated_sens(acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor
-                        ) -> list[dict[str, Any]]:
-    """Copies of ``acqs`` whose ``sens`` are estimated from the centres of ``blades``, as measured data has them."""
+def with_estimated_sens(acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
+                        centre_fraction: float = 0.12) -> list[dict[str, Any]]:
+    """Copies of ``acqs`` whose ``sens`` are estimated from the centres of ``blades``, as measured data has them.
+
+    ``centre_fraction``: the k-space radius the maps are estimated from, as a fraction of ``pi``
+    (:func:`medssl.mri.estimate_sens_from_blades`; 0.12 is what inference uses).
+    """
     op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, None)
-    return [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1))}
+    return [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1),
+                                                    centre_fraction=centre_fraction)}
             for a in acqs]
 
 
@@ -396,12 +401,14 @@ def evaluate(
     acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
     networks: dict[str, UnrolledRecon | NoiseMatched] | None = None, conv: dict[str, Any] | None = None,
     keep_images: bool = False, estimated_sens: bool = False, self_ensemble: bool = False,
+    sens_centre_fraction: float = 0.12,
 ) -> dict[str, Any]:
     """Metrics of every method on ``acqs`` (per image), optionally the images themselves.
 
     A :class:`NoiseMatched` value reconstructs every acquisition with the network nearest its estimated SNR.
     ``estimated_sens``: every method uses coil maps estimated from the centres of the blades in use (as on
-    measured data, :func:`medssl.mri.estimate_sens_from_blades`) instead of the simulation's true maps.
+    measured data, :func:`medssl.mri.estimate_sens_from_blades`, from the k-space radius
+    ``sens_centre_fraction`` x pi) instead of the simulation's true maps.
     ``self_ensemble``: every method averages its reconstructions of the 8 rotated / flipped views of each
     acquisition (:func:`medssl.mri.methods.reconstruct`, :func:`conventional`).
 
@@ -422,7 +429,7 @@ def evaluate(
         if keep_images:
             images.setdefault(name, []).append(img)
 
-    for a in with_estimated_sens(acqs, geometry, blades) if estimated_sens else acqs:
+    for a in with_estimated_sens(acqs, geometry, blades, sens_centre_fraction) if estimated_sens else acqs:
         y = a["kspace"][:, blades].reshape(1, a["kspace"].shape[0], -1)
         o = op.with_sens(a["sens"])
         if conv is not None:
