@@ -25,6 +25,7 @@ from typing import Any
 _WHERE = {
     "PropellerOperator": "operators", "density_compensation": "operators", "dot": "operators",
     "birdcage_maps": "coils", "estimate_sens_from_blades": "coils", "normalise_sens": "coils",
+    "SENS_CENTRE_FRACTION": "coils",
     "conjugate_gradient": "baselines", "gridding_recon": "baselines", "cg_sense": "baselines",
     "denoise_magnitude": "baselines", "estimate_noise_sigma": "baselines",
     "estimate_sample_sigma": "noise", "estimate_snr": "noise",
@@ -40,6 +41,7 @@ __all__ = [
     "density_compensation",
     "dot",
     "birdcage_maps",
+    "SENS_CENTRE_FRACTION",
     "estimate_sens_from_blades",
     "normalise_sens",
     "conjugate_gradient",

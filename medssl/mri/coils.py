@@ -8,7 +8,9 @@ import torch
 
 from medssl.mri.operators import PropellerOperator
 
-__all__ = ["birdcage_maps", "estimate_sens_from_blades", "normalise_sens"]
+__all__ = ["SENS_CENTRE_FRACTION", "birdcage_maps", "estimate_sens_from_blades", "normalise_sens"]
+
+SENS_CENTRE_FRACTION = 0.12  # k-space radius (x pi) the maps are estimated from, by default and at inference
 
 
 def normalise_sens(sens: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -43,7 +45,7 @@ def birdcage_maps(n_coils: int, size: int, radius: float = 1.5, rotation: float 
 
 
 def estimate_sens_from_blades(
-    op: PropellerOperator, kspace: torch.Tensor, centre_fraction: float = 0.12, threshold: float = 0.04
+    op: PropellerOperator, kspace: torch.Tensor, centre_fraction: float = SENS_CENTRE_FRACTION, threshold: float = 0.04
 ) -> torch.Tensor:
     """Coil maps from the low-resolution centre of the blades (each coil's gridded centre / their RSS).
 

@@ -45,6 +45,7 @@ if os.fspath(BUNDLE) not in sys.path:
 import torch  # noqa: E402
 
 from medssl.eval.results import append_result, load_results  # noqa: E402
+from medssl.mri import SENS_CENTRE_FRACTION  # noqa: E402
 from scripts import propeller as P  # noqa: E402
 
 METRICS = ("psnr", "ssim", "nmse", "psnr_mask", "ssim_mask")
@@ -88,9 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="every method uses coil maps estimated from the blades in use (as on measured data) "
                         "instead of the true ones, and the conventional methods are tuned with such maps; rows under "
                         "the task suffix _estimated_sens")
-    p.add_argument("--sens-centre-fraction", type=float, default=0.12, metavar="F",
-                   help="with --estimated-sens: the k-space radius (fraction of pi) the maps are estimated from "
-                        "(default 0.12, what medssl infer uses; others add the task suffix _cfF)")
+    p.add_argument("--sens-centre-fraction", type=float, default=SENS_CENTRE_FRACTION, metavar="F",
+                   help="with --estimated-sens: the k-space radius (fraction of pi, in (0, 1]) the maps are "
+                        f"estimated from (default {SENS_CENTRE_FRACTION}, what medssl infer uses; others add the "
+                        "task suffix _cfF)")
     p.add_argument("--self-ensemble", action="store_true",
                    help="every method (networks and conventional) averages its reconstructions of the 8 rotated / "
                         "flipped views of each acquisition, as `medssl infer` does by default; rows under the task "
@@ -192,7 +194,7 @@ def summary_table(results: str | os.PathLike[str] | list[dict[str, Any]]) -> str
         if "_estimated_sens" in task:
             label += "; every method with coil maps estimated from the blades in use, not the true ones"
             if (m := re.search(r"_cf([0-9.]+)", task)) is not None:
-                label += f" (from the k-space radius {m.group(1)} x pi instead of 0.12)"
+                label += f" (from the k-space radius {m.group(1)} x pi instead of {SENS_CENTRE_FRACTION})"
         if task.endswith("_self_ensemble"):
             label += "; every method averaged over the 8 rotated / flipped views of each acquisition (self-ensemble)"
         out.append(f"**{size}², SNR {snr:g}, {'all' if frac >= 1 else 'half the'} blades** ({label}; `{task}`)\n")
@@ -263,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"experiment: {exc}", file=sys.stderr)
             return 2
         return 0
+    if not 0.0 < args.sens_centre_fraction <= 1.0:
+        print(f"experiment: --sens-centre-fraction must lie in (0, 1], got {args.sens_centre_fraction}",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     evaluated: tuple[Any, dict[str, Any]] | None = None
     if args.evaluate:  # before any simulation or tuning: a bad path is a one-line error
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             conv[(snr, frac)] = P.tune_conventional(pool, geo, geo.blades(frac))
             _log(tuned=True, snr=snr, fraction=frac, **conv[(snr, frac)])
 
-    cf = "" if args.sens_centre_fraction == 0.12 else f"_cf{args.sens_centre_fraction:g}"
+    cf = "" if args.sens_centre_fraction == SENS_CENTRE_FRACTION else f"_cf{args.sens_centre_fraction:g}"
     sens_suffix = ("_estimated_sens" + cf if args.estimated_sens else "") + (
         "_self_ensemble" if args.self_ensemble else "")
     if "conventional" not in args.skip:

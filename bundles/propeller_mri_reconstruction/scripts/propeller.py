@@ -33,6 +33,7 @@ import torch
 
 from medssl.errors import InputError, MedsslError
 from medssl.mri import (
+    SENS_CENTRE_FRACTION,
     SSDU,
     BladeDataset,
     PropellerGeometry,
@@ -173,11 +174,11 @@ def make_acquisitions(
 
 
 def with_estimated_sens(acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
-                        centre_fraction: float = 0.12) -> list[dict[str, Any]]:
+                        centre_fraction: float = SENS_CENTRE_FRACTION) -> list[dict[str, Any]]:
     """Copies of ``acqs`` whose ``sens`` are estimated from the centres of ``blades``, as measured data has them.
 
     ``centre_fraction``: the k-space radius the maps are estimated from, as a fraction of ``pi``
-    (:func:`medssl.mri.estimate_sens_from_blades`; 0.12 is what inference uses).
+    (:func:`medssl.mri.estimate_sens_from_blades`; the default is what inference uses).
     """
     op = PropellerOperator(geometry.trajectory(blades), geometry.im_size, None)
     return [{**a, "sens": estimate_sens_from_blades(op, a["kspace"][:, blades].reshape(a["kspace"].shape[0], -1),
@@ -401,7 +402,7 @@ def evaluate(
     acqs: Sequence[dict[str, Any]], geometry: PropellerGeometry, blades: torch.Tensor,
     networks: dict[str, UnrolledRecon | NoiseMatched] | None = None, conv: dict[str, Any] | None = None,
     keep_images: bool = False, estimated_sens: bool = False, self_ensemble: bool = False,
-    sens_centre_fraction: float = 0.12,
+    sens_centre_fraction: float = SENS_CENTRE_FRACTION,
 ) -> dict[str, Any]:
     """Metrics of every method on ``acqs`` (per image), optionally the images themselves.
 

@@ -86,10 +86,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """Steps, batch sizes and grid for the full run or ``--quick``."""
     if args.quick:
         s = {"labels": [1, 4], "seeds": [0], "pretrain_steps": 10, "pretrain_batch": 4, "finetune_steps": 20,
-             "finetune_batch": 4, "crop": 128, "eval_every": 10, "test_limit": 6}
+             "finetune_batch": 4, "crop": 128, "pretrain_crop": 128, "eval_every": 10, "test_limit": 6}
     else:
         s = {"labels": [1, 2, 4, 10, 20, 40], "seeds": [0, 1, 2], "pretrain_steps": 1500, "pretrain_batch": 16,
-             "finetune_steps": 1200, "finetune_batch": 8, "crop": 256, "eval_every": 200, "test_limit": None}
+             "finetune_steps": 1200, "finetune_batch": 8, "crop": 256, "pretrain_crop": 256, "eval_every": 200,
+             "test_limit": None}
     if args.labels:
         s["labels"] = args.labels
     if args.seeds:
@@ -203,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         results_json = Path(args.results).resolve()
     publish = full and not args.results  # splits and models/ only for rows that go to docs/results.json
     task = xca.TASK + (f"_{args.tag}" if args.tag else "")
+    bad = ("--scale must lie in (0, 8]" if not 0.0 < args.scale <= 8.0 else
+           "--crop must be at least 16" if args.crop is not None and args.crop < 16 else
+           "--threads must not be negative" if args.threads < 0 else
+           "--channels must be positive" if args.channels and min(args.channels) < 1 else None)
+    if bad:
+        print(f"experiment: {bad}", file=sys.stderr)
+        return 2
     if s["channels"] != list(xca.CHANNELS) and set(args.inits) - {"scratch"}:
         print("experiment: --channels other than the shipped widths needs --inits scratch (the pretrained "
               "encoders have the shipped widths)", file=sys.stderr)
@@ -223,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[dict[str, Any]] = [
         {"kind": "pretrain", "name": name, "threads": threads,
          "kwargs": {"data": data, "output_dir": os.fspath(out / f"pretrain_{name}"), "method": name,
-                    "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": 128 if args.quick
-                    else 256, "device": args.device, "seed": 0}}
+                    "max_steps": s["pretrain_steps"], "batch_size": s["pretrain_batch"], "crop": s["pretrain_crop"],
+                    "device": args.device, "seed": 0}}
         for name in ("cmunet", "mae") if name in args.inits and name not in given
     ]
     for seed in s["seeds"]:
